@@ -1,0 +1,1 @@
+"""Shipped configs (installed as the package mmllava.configs)."""

@@ -1,0 +1,5 @@
+import sys
+
+from mmllava.cli import main
+
+sys.exit(main())

@@ -1,0 +1,168 @@
+"""Configs: find shipped configs by name, copy them, load them with overrides, build objects.
+
+Configs are mmengine pure-Python files in XTuner's five parts. ``--cfg-options`` on a top-level
+variable (``llm_name_or_path=/models/x``) re-assigns that variable *in the config source* before it
+is executed, so every field derived from it (``model.llm.path``, ``data_path = data_root + ...``)
+follows. Dotted keys (``model.freeze_llm=False``) are merged into the loaded config afterwards.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from mmllava.errors import MMLLaVAError
+
+CONFIG_SUFFIX = '_copy.py'
+
+
+def shipped_config_dir() -> Path:
+    """The folder holding the shipped configs (works for editable and normal installs)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files('mmllava.configs')))
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Map config name (file stem) -> path, for every shipped config."""
+    root = shipped_config_dir()
+    found = {}
+    for path in sorted(root.rglob('*.py')):
+        if path.name.startswith('_'):
+            continue
+        found[path.stem] = path
+    return found
+
+
+def find_config(name_or_path: str | os.PathLike) -> Path:
+    """Resolve a config given as a file path or as the name of a shipped config."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    name = path.name[:-3] if path.name.endswith('.py') else path.name
+    configs = shipped_configs()
+    if str(name_or_path) == name and name in configs:
+        return configs[name]
+    if path.suffix == '.py' or os.sep in str(name_or_path):
+        raise MMLLaVAError(f'config file not found: {name_or_path}')
+    close = [n for n in configs if name.lower() in n.lower()][:5]
+    hint = f'; similar: {", ".join(close)}' if close else '; run `mmllava list-cfg` to see them'
+    raise MMLLaVAError(f'no config named {name!r} (neither a file nor a shipped config){hint}')
+
+
+def copy_config(name_or_path: str, save_dir: str | os.PathLike) -> Path:
+    """Copy a config to ``SAVE_DIR/<name>_copy.py`` (XTuner's naming) and return the new path."""
+    src = find_config(name_or_path)
+    save_dir = Path(save_dir).expanduser()
+    save_dir.mkdir(parents=True, exist_ok=True)
+    dst = save_dir / (src.stem + CONFIG_SUFFIX)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def parse_cfg_options(options: Iterable[str] | None) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings the way mmengine's DictAction does (numbers, bools, None, lists)."""
+    from mmengine.config import DictAction
+
+    parsed = {}
+    for option in options or ():
+        key, sep, value = option.partition('=')
+        if not sep or not key:
+            raise MMLLaVAError(f'--cfg-options expects KEY=VALUE, got {option!r}')
+        parsed[key.strip()] = DictAction._parse_iterable(value)
+    return parsed
+
+
+def _top_level_assignments(tree: ast.Module) -> dict[str, list[ast.Assign]]:
+    assigns: dict[str, list[ast.Assign]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            assigns.setdefault(node.targets[0].id, []).append(node)
+    return assigns
+
+
+def _offset(lines: list[str], lineno: int, col: int) -> int:
+    # ast columns are UTF-8 byte offsets.
+    return sum(len(line.encode()) for line in lines[:lineno - 1]) + col
+
+
+def rewrite_assignments(source: str, values: dict[str, Any]) -> str:
+    """Return ``source`` with the top-level assignments of ``values``' keys replaced by the values."""
+    tree = ast.parse(source)
+    assigns = _top_level_assignments(tree)
+    lines = source.splitlines(keepends=True)
+    data = source.encode()
+    edits = []
+    for key, value in values.items():
+        for node in assigns[key]:
+            start = _offset(lines, node.value.lineno, node.value.col_offset)
+            end = _offset(lines, node.value.end_lineno, node.value.end_col_offset)
+            edits.append((start, end, repr(value).encode()))
+    for start, end, text in sorted(edits, reverse=True):
+        data = data[:start] + text + data[end:]
+    return data.decode()
+
+
+def load_config(name_or_path: str | os.PathLike, cfg_options: dict[str, Any] | None = None):
+    """Load a config (path or shipped name) as an mmengine ``Config`` with overrides applied."""
+    from mmengine.config import Config
+
+    path = find_config(name_or_path)
+    cfg_options = dict(cfg_options or {})
+    source = path.read_text(encoding='utf-8')
+    try:
+        assigns = _top_level_assignments(ast.parse(source, filename=str(path)))
+    except SyntaxError as e:
+        raise MMLLaVAError(f'{path}:{e.lineno}: syntax error in config: {e.msg}') from None
+    top = {k: v for k, v in cfg_options.items() if '.' not in k and k in assigns}
+    dotted = {k: v for k, v in cfg_options.items() if k not in top}
+    for key in dotted:
+        if '.' not in key:
+            raise MMLLaVAError(f'{path}: --cfg-options {key}: the config has no variable named {key!r}')
+    try:
+        if top:
+            with tempfile.TemporaryDirectory(prefix='mmllava_cfg_') as tmp:
+                tmp_path = Path(tmp) / path.name
+                tmp_path.write_text(rewrite_assignments(source, top), encoding='utf-8')
+                cfg = Config.fromfile(str(tmp_path))
+        else:
+            cfg = Config.fromfile(str(path))
+    except MMLLaVAError:
+        raise
+    except Exception as e:  # a user's config raising while it executes
+        raise MMLLaVAError(f'{path}: the config failed to load: {type(e).__name__}: {e}') from None
+    if dotted:
+        cfg.merge_from_dict(dotted, allow_list_keys=True)
+    # Keep the user's path (not the temporary copy) for work-dir naming and logging.
+    object.__setattr__(cfg, '_filename', str(path))
+    return cfg
+
+
+def _resolve_type(obj_type):
+    if callable(obj_type):
+        return obj_type
+    if isinstance(obj_type, str) and '.' in obj_type:
+        module, _, attr = obj_type.rpartition('.')
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            pass
+    raise MMLLaVAError(f'cannot build {obj_type!r}: `type` must be a callable or a dotted import path')
+
+
+def build(cfg: Any) -> Any:
+    """Build ``dict(type=callable_or_dotted_path, **kwargs)``; other values are returned unchanged.
+
+    Nested dicts that carry ``type`` are built first, so a config can name a whole tree of
+    components. Lists and tuples are built element-wise.
+    """
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(build(item) for item in cfg)
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        return cfg
+    kwargs = {k: build(v) for k, v in cfg.items() if k != 'type'}
+    return _resolve_type(cfg['type'])(**kwargs)
