@@ -1,0 +1,3 @@
+from mmllava.models.llava import LLaVAModel
+
+__all__ = ["LLaVAModel"]

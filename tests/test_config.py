@@ -1,0 +1,108 @@
+"""Config lookup, copy, --cfg-options reaching derived fields, build()."""
+import textwrap
+
+import pytest
+
+from mmllava.config import build, copy_config, find_config, load_config, parse_cfg_options, rewrite_assignments
+from mmllava.errors import MMLLaVAError
+
+CFG = textwrap.dedent('''\
+    from collections import OrderedDict
+    # Part 1
+    llm_name_or_path = 'internlm/internlm2-chat-1_8b'
+    data_root = './data/llava_data/'
+    data_path = data_root + 'repeated_data.json'
+    batch_size = 16
+    evaluation_inputs = [
+        '请描述一下这张照片',
+        'Please describe this picture',
+    ]
+    tokenizer = dict(type=OrderedDict, path=llm_name_or_path)
+    model = dict(type='collections.OrderedDict', freeze_llm=True, llm=dict(path=llm_name_or_path), tokenizer=tokenizer)
+    train_dataloader = dict(batch_size=batch_size, dataset=dict(data_path=data_path))
+''')
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+    path = tmp_path / 'my_config.py'
+    path.write_text(CFG, encoding='utf-8')
+    return path
+
+
+def test_top_level_override_reaches_derived_fields(cfg_file):
+    cfg = load_config(cfg_file, parse_cfg_options(['llm_name_or_path=/models/llm', 'data_root=/data/']))
+    assert cfg.llm_name_or_path == '/models/llm'
+    assert cfg.model.llm.path == '/models/llm'
+    assert cfg.tokenizer.path == '/models/llm'
+    assert cfg.model.tokenizer.path == '/models/llm'
+    assert cfg.train_dataloader.dataset.data_path == '/data/repeated_data.json'
+    assert cfg.filename == str(cfg_file)
+
+
+def test_override_values_are_typed_and_lists_replace_multiline_values(cfg_file):
+    cfg = load_config(cfg_file, parse_cfg_options(['batch_size=2', 'evaluation_inputs=[a,b,c]']))
+    assert cfg.train_dataloader.batch_size == 2
+    assert cfg.evaluation_inputs == ['a', 'b', 'c']
+
+
+def test_dotted_override(cfg_file):
+    cfg = load_config(cfg_file, parse_cfg_options(['model.freeze_llm=False']))
+    assert cfg.model.freeze_llm is False
+
+
+def test_unknown_top_level_key_is_one_line_error(cfg_file):
+    with pytest.raises(MMLLaVAError) as e:
+        load_config(cfg_file, parse_cfg_options(['llm_path=/x']))
+    assert str(e.value) == f"{cfg_file}: --cfg-options llm_path: the config has no variable named 'llm_path'"
+
+
+def test_malformed_option():
+    with pytest.raises(MMLLaVAError, match=r"--cfg-options expects KEY=VALUE, got 'batch_size'"):
+        parse_cfg_options(['batch_size'])
+
+
+def test_config_that_raises_is_reported_with_its_path(tmp_path):
+    path = tmp_path / 'bad.py'
+    path.write_text('x = 1\ny = undefined_name\n')
+    with pytest.raises(MMLLaVAError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f'{path}: the config failed to load: NameError')
+
+
+def test_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / 'bad.py'
+    path.write_text('x = 1\ny = (\n')
+    with pytest.raises(MMLLaVAError, match=r'bad\.py:2: syntax error in config'):
+        load_config(path)
+
+
+def test_rewrite_keeps_everything_else_byte_for_byte():
+    src = "a = 1  # keep\nb = 'x'\nc = a + 1\n"
+    assert rewrite_assignments(src, {'a': 5}) == "a = 5  # keep\nb = 'x'\nc = a + 1\n"
+
+
+def test_build_nested_and_dotted_types():
+    obj = build(dict(type='collections.OrderedDict', inner=dict(type=dict, x=1), plain=[dict(type=list)]))
+    assert obj == {'inner': {'x': 1}, 'plain': [[]]}
+    assert build(5) == 5
+    with pytest.raises(MMLLaVAError, match="cannot build 'nope'"):
+        build(dict(type='nope'))
+
+
+def test_shipped_config_found_by_name_and_copied(tmp_path, monkeypatch):
+    name = 'llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune'
+    monkeypatch.chdir(tmp_path)
+    path = find_config(name)
+    assert path.name == name + '.py'
+    dst = copy_config(name, tmp_path / 'out')
+    assert dst == tmp_path / 'out' / (name + '_copy.py')
+    assert dst.read_text() == path.read_text()
+    assert find_config(str(dst)) == dst
+
+
+def test_unknown_name_suggests_similar():
+    with pytest.raises(MMLLaVAError) as e:
+        find_config('internlm2_chat_1_8b_qlora')
+    assert "no config named 'internlm2_chat_1_8b_qlora'" in str(e.value)
+    assert 'similar: llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune' in str(e.value)
