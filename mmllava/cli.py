@@ -10,6 +10,10 @@ import sys
 VERBS = {
     'list-cfg': ('list_cfg', 'list the shipped configs'),
     'copy-cfg': ('copy_cfg', 'copy a shipped config to a folder as NAME_copy.py'),
+    'convert': ('convert', 'convert a training checkpoint to a model folder, or merge a LoRA adapter'),
+    'chat': ('chat', 'chat with a model (text, or an image with --image)'),
+    'build': ('build', 'build an untrained LLaVA folder from an LLM and a vision encoder'),
+    'train': ('train', 'train from a config (optionally with DeepSpeed ZeRO)'),
 }
 
 

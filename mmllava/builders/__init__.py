@@ -1,0 +1,18 @@
+"""Load local folders (real checkpoints or tiny-zoo models) into transformers-native modules."""
+from __future__ import annotations
+
+import os
+
+from mmllava.builders.llm import load_llm
+from mmllava.builders.tokenizer import load_tokenizer
+from mmllava.builders.vision import load_vision_encoder
+
+
+def load_image_processor(path: str | os.PathLike):
+    """``mmllava.data.image.ImageProcessor.from_pretrained(path)``, imported only when called."""
+    from mmllava.data.image import ImageProcessor
+
+    return ImageProcessor.from_pretrained(path)
+
+
+__all__ = ['load_image_processor', 'load_llm', 'load_tokenizer', 'load_vision_encoder']

@@ -58,3 +58,27 @@ def projector_to_hf(projector_state: dict, prefix: str = 'multi_modal_projector.
 def projector_to_llava(projector_state: dict) -> dict:
     """Our projector keys -> original LLaVA ``model.mm_projector.{i}`` keys."""
     return {'model.mm_' + key: value for key, value in projector_state.items()}
+
+
+def read_hf_llava_projector(folder) -> dict:
+    """The ``multi_modal_projector.*`` tensors of a transformers Llava folder (``mmllava build``
+    output or a huggingface export), read from its safetensors without loading anything else.
+
+    The keys stay in transformers' naming, so ``split_projector_state`` reports ``'huggingface'``.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / 'model.safetensors.index.json'
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding='utf-8'))['weight_map'].values()))
+    else:
+        files = ['model.safetensors']
+    out = {}
+    for name in files:
+        with safe_open(str(folder / name), framework='pt') as f:
+            out.update({k: f.get_tensor(k) for k in f.keys() if _HF_PROJECTOR.match(k)})
+    return out

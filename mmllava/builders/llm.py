@@ -1,0 +1,69 @@
+"""Load a local causal-LM folder into a transformers-native module.
+
+InternLM2 folders (remote-code layout) become ``LlamaForCausalLM``; Llama, Qwen2 and other folders
+transformers knows load as themselves. ``trust_remote_code`` is never turned on by us.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mmllava.builders.folders import dtype_kwargs, iter_weight_shards, read_json, require_dir
+from mmllava.errors import MMLLaVAError
+
+WHAT = 'llm_name_or_path'
+
+
+def is_internlm2(config: dict) -> bool:
+    """Whether a ``config.json`` dict describes an InternLM2 causal LM."""
+    return config.get('model_type') == 'internlm2' or 'InternLM2ForCausalLM' in (config.get('architectures') or ())
+
+
+def _load_internlm2(folder: Path, config_dict: dict, kwargs: dict):
+    """InternLM2 -> ``LlamaForCausalLM`` through the ``state_dict`` path of ``from_pretrained``.
+
+    Memory/disk choice: shards are read and converted one at a time in memory (splitting ``wqkv``
+    copies only the attention weights), nothing is written to disk, and the converted state dict is
+    dropped on return. The peak is that state dict plus the module being filled (which shares its
+    tensors when no cast or quantization is asked for). ``from_pretrained`` rather than
+    ``load_state_dict`` keeps dtype handling, bitsandbytes quantization and attention selection
+    identical to the native families.
+    """
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    from mmllava.formats.internlm2 import internlm2_config_to_llama, internlm2_to_llama
+
+    config = internlm2_config_to_llama(config_dict)
+    config._name_or_path = str(folder)
+    state_dict = {}
+    for shard in iter_weight_shards(folder, WHAT):
+        state_dict.update(internlm2_to_llama(shard, config))
+    model = LlamaForCausalLM.from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
+    if (folder / 'generation_config.json').is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    return model
+
+
+def load_llm(path: str | os.PathLike, torch_dtype=None, quantization_config=None, attn_implementation=None,
+             trust_remote_code: bool = False):
+    """Load the causal LM in the local folder ``path`` as a transformers-native ``PreTrainedModel``.
+
+    ``torch_dtype``: ``None``, ``'auto'``, a name (``'bfloat16'``) or a ``torch.dtype``.
+    ``quantization_config``: e.g. a ``BitsAndBytesConfig`` for QLoRA (works for InternLM2 too).
+    With ``trust_remote_code=True`` an InternLM2 folder is loaded with its own remote code instead.
+    """
+    from transformers import AutoModelForCausalLM
+
+    folder = require_dir(path, WHAT)
+    config_dict = read_json(folder / 'config.json', WHAT)
+    kwargs = dtype_kwargs(torch_dtype)
+    if quantization_config is not None:
+        kwargs['quantization_config'] = quantization_config
+    if attn_implementation is not None:
+        kwargs['attn_implementation'] = attn_implementation
+    if is_internlm2(config_dict) and not trust_remote_code:
+        return _load_internlm2(folder, config_dict, kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as e:
+        raise MMLLaVAError(f'{WHAT}: cannot load {folder}: {str(e).splitlines()[0]}') from e

@@ -1,0 +1,214 @@
+"""Load any model folder(s) ``mmllava chat`` supports into one :class:`ChatModel`.
+
+| what the user passes | kind | how images enter the prompt |
+| --- | --- | --- |
+| ``LLM --llava XTUNER_EXPORT [--visual-encoder VE]`` | ``llava`` | an ``LLaVAModel`` splices projected features at ``IMAGE_TOKEN_INDEX`` positions |
+| ``HF_EXPORT`` (a ``LlavaForConditionalGeneration`` folder) | ``hf_llava`` | transformers' own model, ``<image>`` id x ``image_seq_length`` |
+| ``LLM`` | ``llm`` | text only |
+
+Every kind shares the prompt path: our template renders the conversation, ``<image>`` becomes the
+image positions, and generation returns only the new token ids.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmllava.builders.folders import read_json
+from mmllava.constants import IMAGE_TOKEN_INDEX
+from mmllava.errors import MMLLaVAError
+from mmllava.templates import TEMPLATES, PromptTemplate, get_template
+
+TORCH_DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+
+
+@dataclass
+class ChatModel:
+    """A loaded model with what chatting needs: tokenizer, template, image preprocessing.
+
+    ``image_processor`` is ``None`` for text-only models; ``image_token_id`` is the ``<image>`` id of
+    a transformers Llava (``None`` when the model takes ``IMAGE_TOKEN_INDEX`` positions).
+    """
+
+    kind: str
+    model: Any
+    tokenizer: Any
+    template: PromptTemplate
+    image_processor: Any = None
+    num_image_tokens: int = 0
+    image_token_id: int | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs must go (the input embeddings' device)."""
+        model = self.model.llm if self.kind == 'llava' else self.model
+        return model.get_input_embeddings().weight.device
+
+    def pixel_values(self, image) -> torch.Tensor:
+        """A PIL image -> ``[1, 3, H, W]`` in the vision tower's dtype, on the model's device."""
+        if self.image_processor is None:
+            raise MMLLaVAError('this model is text-only: images need a LLaVA model (--llava or a LLaVA folder)')
+        vision = self.model.visual_encoder if self.kind == 'llava' else self.model.model.vision_tower
+        return self.image_processor(image)[None].to(self.device, next(vision.parameters()).dtype)
+
+    def prompt_ids(self, text: str) -> torch.Tensor:
+        """``[1, L]`` ids of a rendered prompt: BOS if the template wants it, ``<image>`` -> image positions."""
+        from mmllava.data.encode import bos_ids, tokenize_with_images
+
+        ids = bos_ids(self.tokenizer, self.template) + tokenize_with_images(text, self.tokenizer, self.num_image_tokens)
+        if self.image_token_id is not None:
+            ids = [self.image_token_id if i == IMAGE_TOKEN_INDEX else i for i in ids]
+        return torch.tensor([ids], device=self.device)
+
+    def prompt_length_in_output(self, input_ids: torch.Tensor) -> int:
+        """How many prompt ids ``generate`` returns before the new ones (none from embeddings)."""
+        return 0 if self.kind == 'llava' else input_ids.shape[1]
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **kwargs) -> list[int]:
+        """New token ids for the prompt ``input_ids`` (images in order in ``pixel_values``)."""
+        mask = torch.ones_like(input_ids)
+        if self.kind == 'llava':
+            out = self.model.generate(input_ids, pixel_values=pixel_values, attention_mask=mask, **kwargs)
+        elif self.kind == 'hf_llava':
+            out = self.model.generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=mask, **kwargs)
+        else:
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        return out[0, self.prompt_length_in_output(input_ids):].tolist()
+
+
+def _template(name: str | None, stored: str | None, source: Path) -> PromptTemplate:
+    """The explicit template, else the one the export recorded, else a clear error."""
+    if name or stored:
+        return get_template(name or stored)
+    raise MMLLaVAError(f'{source} does not record its prompt template; pass --prompt-template '
+                       f'(one of: {", ".join(TEMPLATES)})')
+
+
+def _quantization(bits: int | None):
+    """A ``BitsAndBytesConfig`` for ``--bits 4|8`` (CUDA only), or ``None``."""
+    if bits is None:
+        return None
+    if bits not in (4, 8):
+        raise MMLLaVAError(f'--bits must be 4 or 8, got {bits}')
+    if not torch.cuda.is_available():
+        raise MMLLaVAError(f'--bits {bits} needs a CUDA GPU (bitsandbytes inference); none is available here')
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_quant_type='nf4',
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+
+
+def _with_adapter(model, adapter: Path):
+    """``model`` with the PEFT adapter in ``adapter`` applied (merged unless the model is quantised)."""
+    from peft import PeftModel
+
+    from mmllava.models.llava import is_quantized
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter))
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise MMLLaVAError(f'{adapter}: cannot apply the adapter: {str(e).splitlines()[0]}') from None
+    return peft_model if is_quantized(model) else peft_model.merge_and_unload()
+
+
+def _load_xtuner_export(model_path: Path, llava: Path, visual_encoder: str | None, template: str | None,
+                        dtype, quantization) -> ChatModel:
+    """LLM + vision tower + ``--llava`` export (projector, adapters, or full llm/visual_encoder)."""
+    from safetensors.torch import load_file
+
+    from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+    from mmllava.formats.llava import split_projector_state
+    from mmllava.models import LLaVAModel
+
+    projector_dir = llava / 'projector'
+    if not (projector_dir / 'config.json').is_file():
+        hint = ' (it is a transformers LLaVA folder: pass it as MODEL, without --llava)' if (
+            llava / 'config.json').is_file() else ''
+        raise MMLLaVAError(f'--llava {llava}: not an xtuner-format export (no projector/config.json){hint}')
+    projector_cfg = read_json(projector_dir / 'config.json', '--llava')
+    llm_dir = llava / 'llm' if (llava / 'llm' / 'config.json').is_file() else model_path
+    vision_dir = llava / 'visual_encoder' if (llava / 'visual_encoder' / 'config.json').is_file() else visual_encoder
+    if vision_dir is None:
+        raise MMLLaVAError(f'--llava {llava} has no visual_encoder/: pass --visual-encoder PATH')
+    llm = load_llm(llm_dir, torch_dtype=dtype, quantization_config=quantization)
+    # The vision tower computes in the LLM's (unquantised) embedding dtype, as in training.
+    vision = load_vision_encoder(vision_dir, torch_dtype=llm.get_input_embeddings().weight.dtype)
+    if (llava / 'llm_adapter').is_dir():
+        llm = _with_adapter(llm, llava / 'llm_adapter')
+    if (llava / 'visual_encoder_adapter').is_dir():
+        vision = _with_adapter(vision, llava / 'visual_encoder_adapter')
+    model = LLaVAModel(llm=llm, visual_encoder=vision, freeze_llm=True, freeze_visual_encoder=True,
+                       visual_select_layer=projector_cfg.get('visual_select_layer', -2),
+                       projector_depth=projector_cfg.get('depth', 2), use_activation_checkpointing=False)
+    state = {'projector.' + k: v for k, v in load_file(str(projector_dir / 'model.safetensors')).items()}
+    projector, rest, _ = split_projector_state(state)
+    if rest or not projector:
+        raise MMLLaVAError(f'{projector_dir}: unexpected projector weights {sorted(rest)[:4]}')
+    try:
+        model.projector.load_state_dict({k.removeprefix('projector.'): v for k, v in projector.items()})
+    except RuntimeError as e:
+        raise MMLLaVAError(f'{projector_dir}: does not fit this LLM / vision encoder: '
+                           f'{str(e).splitlines()[-1].strip()}') from None
+    image_processor = load_image_processor(vision_dir)
+    return ChatModel('llava', model.eval(), load_tokenizer(llm_dir),
+                     _template(template, projector_cfg.get('prompt_template'), llava),
+                     image_processor, image_processor.num_image_tokens)
+
+
+def _load_hf_llava(path: Path, template: str | None, dtype, quantization, device: str) -> ChatModel:
+    """A ``LlavaForConditionalGeneration`` folder (our huggingface export or any legacy-layout one)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from mmllava.builders import load_image_processor, load_tokenizer
+
+    config = read_json(path / 'config.json', 'model')
+    extra = {'quantization_config': quantization, 'device_map': {'': device}} if quantization else {}
+    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, **extra)
+    image_processor = load_image_processor(path)
+    return ChatModel('hf_llava', model.eval(), load_tokenizer(path),
+                     _template(template, config.get('prompt_template'), path),
+                     image_processor, int(config.get('image_seq_length', image_processor.num_image_tokens)),
+                     image_token_id=model.config.image_token_index)
+
+
+def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = None,
+                    visual_encoder: str | os.PathLike | None = None, prompt_template: str | None = None,
+                    torch_dtype: str = 'auto', bits: int | None = None, device: str | None = None) -> ChatModel:
+    """Load ``model`` (an LLM, or a transformers LLaVA folder) with an optional xtuner-format
+    ``llava`` export and ``visual_encoder``; see the module docstring for the combinations.
+
+    ``torch_dtype``: ``auto`` (the folder's own), ``float32``, ``bfloat16`` or ``float16``;
+    ``bits``: 4 or 8 (CUDA only); ``device``: default ``cuda`` when available, else ``cpu``.
+    """
+    from mmllava.builders import load_llm, load_tokenizer
+
+    if torch_dtype not in TORCH_DTYPES:
+        raise MMLLaVAError(f'--torch-dtype must be one of {", ".join(TORCH_DTYPES)}, got {torch_dtype!r}')
+    dtype = torch_dtype if torch_dtype == 'auto' else getattr(torch, torch_dtype)
+    quantization = _quantization(bits)
+    path = Path(model).expanduser()
+    if not (path / 'config.json').is_file():
+        raise MMLLaVAError(f'{path}: not a model folder (no config.json)')
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    model_type = read_json(path / 'config.json', 'model').get('model_type')
+    if llava is not None:
+        chat = _load_xtuner_export(path, Path(llava).expanduser(), visual_encoder, prompt_template, dtype,
+                                   quantization)
+    elif model_type == 'llava':
+        chat = _load_hf_llava(path, prompt_template, dtype, quantization, device)
+    elif str(model_type).startswith('llava_'):
+        raise MMLLaVAError(f'{path}: the original LLaVA layout ({model_type}) cannot be chatted with here; '
+                           'convert with --save-format huggingface or xtuner')
+    else:
+        template = _template(prompt_template, None, path)
+        llm = load_llm(path, torch_dtype=dtype, quantization_config=quantization)
+        chat = ChatModel('llm', llm.eval(), load_tokenizer(path), template)
+    if quantization is None:  # bitsandbytes places quantised weights itself
+        chat.model.to(device)
+    return chat

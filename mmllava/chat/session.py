@@ -1,0 +1,104 @@
+"""Multi-turn chat on a :class:`~mmllava.chat.loader.ChatModel`: history, images, sampling settings,
+stop words and streaming.
+
+Each turn renders the whole conversation with the template (as XTuner's chat does), so the model
+sees exactly the training format; an image given with a turn is placed before that turn's text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from mmllava.chat.loader import ChatModel
+from mmllava.chat.streaming import StopWordStreamer
+from mmllava.constants import DEFAULT_IMAGE_TOKEN
+from mmllava.errors import MMLLaVAError
+from mmllava.templates import render_prompt
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling settings; ``temperature=0`` means greedy decoding, ``top_k=0`` no top-k filter."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for ``generate``."""
+        if self.max_new_tokens < 1:
+            raise MMLLaVAError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}')
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+            raise MMLLaVAError('temperature must be >= 0, top_p in (0, 1], top_k >= 0, repetition_penalty > 0')
+        kwargs = {'max_new_tokens': self.max_new_tokens, 'repetition_penalty': self.repetition_penalty}
+        if self.temperature == 0:
+            return {**kwargs, 'do_sample': False, 'temperature': None, 'top_p': None, 'top_k': None}
+        return {**kwargs, 'do_sample': True, 'temperature': self.temperature, 'top_p': self.top_p,
+                'top_k': self.top_k or None}
+
+
+def end_token_ids(chat_model: ChatModel) -> list[int]:
+    """Ids that end generation: the tokenizer's and generation config's EOS and single-token stop words."""
+    tokenizer = chat_model.tokenizer
+    ids = []
+    generation_config = getattr(chat_model.model, 'generation_config', None) or getattr(
+        getattr(chat_model.model, 'llm', None), 'generation_config', None)
+    declared = getattr(generation_config, 'eos_token_id', None)
+    for token_id in [tokenizer.eos_token_id, *(declared if isinstance(declared, list) else [declared])]:
+        if token_id is not None and token_id not in ids:
+            ids.append(token_id)
+    for word in chat_model.template.stop_words:
+        word_ids = tokenizer.encode(word, add_special_tokens=False)
+        if len(word_ids) == 1 and word_ids[0] not in ids:
+            ids.append(word_ids[0])
+    return ids
+
+
+class ChatSession:
+    """A conversation with one model. ``ask`` answers a user turn and remembers it.
+
+    ``system`` is the system prompt (``None``: the template's default); ``settings`` the sampling
+    settings; ``seed`` re-seeds torch before every answer (reproducible sampling).
+    """
+
+    def __init__(self, chat_model: ChatModel, system: str | None = None,
+                 settings: GenerationSettings | None = None, seed: int | None = None):
+        self.chat_model = chat_model
+        self.system = system
+        self.settings = settings or GenerationSettings()
+        self.seed = seed
+        self.turns: list[str] = []
+        self.images: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        """Forget the conversation (history and images)."""
+        self.turns, self.images = [], []
+
+    def ask(self, text: str, image=None, stream_callback: Callable[[str], None] | None = None) -> str:
+        """Answer ``text`` (with an optional PIL ``image``); ``stream_callback`` gets the answer
+        piece by piece while it is generated. Returns the whole answer (stop words removed)."""
+        if DEFAULT_IMAGE_TOKEN in text:
+            raise MMLLaVAError(f'{DEFAULT_IMAGE_TOKEN} in a message: pass images with the image argument')
+        images = self.images
+        if image is not None:
+            images = [*images, self.chat_model.pixel_values(image)]
+            text = f'{DEFAULT_IMAGE_TOKEN}\n{text}'
+        turns = [*self.turns, text]
+        input_ids = self.chat_model.prompt_ids(render_prompt(self.chat_model.template, turns, self.system))
+        stop_ids = end_token_ids(self.chat_model)
+        streamer = StopWordStreamer(self.chat_model.tokenizer, self.chat_model.template.stop_words,
+                                    self.chat_model.prompt_length_in_output(input_ids), stream_callback, stop_ids)
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        pad_id = self.chat_model.tokenizer.pad_token_id
+        new_ids = self.chat_model.generate(
+            input_ids, torch.cat(images) if images else None, eos_token_id=stop_ids,
+            pad_token_id=pad_id if pad_id is not None else stop_ids[0], stopping_criteria=[streamer],
+            **self.settings.generate_kwargs())
+        answer = streamer.finish(new_ids)
+        self.turns, self.images = [*turns, answer], images
+        return answer

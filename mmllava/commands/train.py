@@ -1,0 +1,63 @@
+"""Train from a config (a path or a shipped config name), optionally with DeepSpeed ZeRO.
+
+Checkpoints (iter_N.pth) and logs go to --work-dir (default work_dirs/CONFIG_NAME).
+Several processes: NPROC_PER_NODE=N mmllava train ... (plus NNODES, NODE_RANK, ADDR, PORT for
+several nodes), or start it under torchrun / srun with --launcher pytorch / slurm.
+"""
+
+_RESUME_LATEST = object()
+
+
+def add_arguments(parser):
+    parser.add_argument('config', metavar='CONFIG', help='config file or shipped config name (see list-cfg)')
+    parser.add_argument('--work-dir', help='folder for checkpoints and logs (default: work_dirs/CONFIG_NAME)')
+    parser.add_argument('--deepspeed', metavar='ZERO',
+                        help='zero1|zero2|zero3|zero2_offload|zero3_offload (also deepspeed_zero2 ...) or a JSON file')
+    parser.add_argument('--resume', nargs='?', const=_RESUME_LATEST, default=None, metavar='CHECKPOINT',
+                        help='resume from CHECKPOINT, or without a value from the latest in the work dir')
+    parser.add_argument('--seed', type=int, help='random seed (default: the config\'s randomness.seed)')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override config values; top-level variables (data_root=...) also update '
+                             'every field derived from them')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='how the processes were started (default: none, or torchrun via NPROC_PER_NODE)')
+
+
+def _argv(args) -> list[str]:
+    """The train arguments again, for re-running this command under torchrun."""
+    argv = [args.config]
+    for flag, value in (('--work-dir', args.work_dir), ('--deepspeed', args.deepspeed), ('--seed', args.seed)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.resume is _RESUME_LATEST:
+        argv.append('--resume')
+    elif args.resume is not None:
+        argv += ['--resume', args.resume]
+    if args.cfg_options:
+        argv += ['--cfg-options', *args.cfg_options]
+    return argv
+
+
+def run(args):
+    import os.path as osp
+    import subprocess
+
+    from mmllava.engine.launch import torchrun_command
+
+    if args.launcher == 'none':
+        command = torchrun_command(_argv(args))
+        if command is not None:
+            print('launching: ' + ' '.join(command), flush=True)
+            return subprocess.run(command).returncode
+
+    from mmllava.config import load_config, parse_cfg_options
+    from mmllava.engine.runner import build_runner, prepare_config
+
+    cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
+    work_dir = args.work_dir or osp.join('work_dirs', osp.splitext(osp.basename(cfg.filename))[0])
+    resume = True if args.resume is _RESUME_LATEST else args.resume
+    cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=args.deepspeed, launcher=args.launcher,
+                         resume=resume, seed=args.seed)
+    runner = build_runner(cfg)
+    runner.train()
+    return 0

@@ -1,0 +1,37 @@
+"""``llava_collate``: dataset items -> the padded batch ``LLaVAModel`` takes (docs/architecture.md)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from mmllava.constants import IGNORE_INDEX
+
+
+def llava_collate(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
+    """Right-pad ``input_ids`` (with ``pad_token_id``) and ``labels`` (with ``IGNORE_INDEX``).
+
+    Returns ``{'data': {input_ids, labels, attention_mask, pixel_values}, 'data_samples': None}``,
+    the shape mmengine's ``BaseModel.train_step`` passes to ``model(**batch, mode='loss')``.
+    ``pixel_values`` stacks the images of the samples that have one, in order, or is None.
+
+    In an mmengine dataloader config write ``collate_fn=dict(type=llava_collate)`` (mmengine
+    binds the extra keys with ``functools.partial`` and calls ``collate_fn(instances)``); add
+    ``pad_token_id=dataset.pad_token_id`` to pad with the tokenizer's id. The default 0 is safe
+    because the model reads ``attention_mask`` and padded positions carry no label.
+    """
+    if not instances:
+        raise ValueError('llava_collate got an empty batch')
+    length = max(len(item['input_ids']) for item in instances)
+    input_ids = torch.full((len(instances), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(instances), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(instances), length), dtype=torch.long)
+    for row, item in enumerate(instances):
+        n = len(item['input_ids'])
+        input_ids[row, :n] = torch.as_tensor(item['input_ids'], dtype=torch.long)
+        labels[row, :n] = torch.as_tensor(item['labels'], dtype=torch.long)
+        attention_mask[row, :n] = 1
+    images = [item['pixel_values'] for item in instances if item.get('pixel_values') is not None]
+    data = {'input_ids': input_ids, 'labels': labels, 'attention_mask': attention_mask,
+            'pixel_values': torch.stack(images) if images else None}
+    return {'data': data, 'data_samples': None}

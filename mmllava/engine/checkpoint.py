@@ -1,0 +1,228 @@
+"""Checkpoint files: loaded without unrestricted unpickling, written atomically.
+
+Loading: ``torch.load(weights_only=True)`` with an allow-list of exactly the non-tensor objects
+mmengine and DeepSpeed checkpoints hold (numpy arrays and scalars in the message hub, DeepSpeed's
+loss scaler and ZeRO enums). mmengine pickles ``HistoryBuffer`` objects whose state names
+bound methods through ``getattr``; those two names are mapped to inert stand-ins and the buffers
+are rebuilt from their plain state, so no attribute lookup or constructor of the file's choosing
+ever runs. Anything else raises ``MMLLaVAError`` naming the refused globals.
+
+Writing: ``CheckpointHook`` (a drop-in for mmengine's) saves to a hidden temporary name in the
+same folder, fsyncs it, renames it into place, and only then rewrites ``last_checkpoint``
+(itself atomically) and deletes checkpoints beyond ``max_keep_ckpts``. A crash at any point
+leaves ``last_checkpoint`` naming a complete checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import shutil
+from pathlib import Path
+
+import torch
+from mmengine.hooks import CheckpointHook as _MMEngineCheckpointHook
+
+from mmllava.errors import MMLLaVAError
+
+DEEPSPEED_MODEL_FILE = 'mp_rank_00_model_states.pt'
+LAST_CHECKPOINT = 'last_checkpoint'
+
+
+class _HistoryBufferState:
+    """Inert stand-in for ``mmengine.logging.HistoryBuffer`` while unpickling (state only)."""
+
+
+def _unresolved_attribute(owner, name):
+    """Stand-in for ``getattr`` while unpickling: records the name, looks nothing up."""
+    return f'{getattr(owner, "__name__", type(owner).__name__)}.{name}'
+
+
+def _allowed_globals() -> list:
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    allowed = [(_HistoryBufferState, 'mmengine.logging.history_buffer.HistoryBuffer'),
+               (_unresolved_attribute, 'builtins.getattr'), np.ndarray, np.dtype]
+    allowed += [getattr(np.dtypes, name) for name in ('Float64DType', 'Float32DType', 'Int64DType', 'Int32DType',
+                                                      'BoolDType', 'UInt32DType') if hasattr(np, 'dtypes')]
+    for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):  # numpy 2 and numpy 1 pickles
+        allowed += [(multiarray._reconstruct, f'{module}._reconstruct'), (multiarray.scalar, f'{module}.scalar')]
+    try:  # what DeepSpeed's ZeRO optimizer files pickle
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        allowed += [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    except ImportError:
+        pass
+    return allowed
+
+
+def _restore_history_buffers(obj):
+    """Replace unpickled ``_HistoryBufferState`` stand-ins by real ``HistoryBuffer`` objects."""
+    from mmengine.logging import HistoryBuffer
+
+    if isinstance(obj, _HistoryBufferState):
+        state = vars(obj)
+        return HistoryBuffer(list(state.get('_log_history', [])), list(state.get('_count_history', [])),
+                             int(state.get('max_length', 1000000)))
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            obj[key] = _restore_history_buffers(value)
+    elif isinstance(obj, list):
+        obj[:] = [_restore_history_buffers(value) for value in obj]
+    return obj
+
+
+def _refused_globals(path: Path) -> list[str]:
+    allowed = {entry[1] if isinstance(entry, tuple) else f'{entry.__module__}.{entry.__qualname__}'
+               for entry in _allowed_globals()}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint
+        return []
+    return [name for name in found if name not in allowed]
+
+
+def safe_torch_load(path: str | os.PathLike, map_location='cpu'):
+    """``torch.load`` a file with ``weights_only=True`` and mmllava's allow-list (see module doc).
+
+    Raises ``MMLLaVAError`` naming the refused globals when the file pickles anything else.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise MMLLaVAError(f'{path}: checkpoint not found') from None
+    except Exception as e:  # UnpicklingError and the RuntimeErrors torch wraps it in
+        if 'weights_only' not in str(e) and 'Unsupported global' not in str(e):
+            raise
+        refused = ', '.join(_refused_globals(path)) or str(e).splitlines()[0]
+        raise MMLLaVAError(
+            f'{path}: refusing to load: it pickles Python objects outside the allow-list ({refused}); '
+            'mmllava only unpickles tensors, plain data and the state its own checkpoints hold. If you '
+            'trust the file, re-save its tensors with torch.save(...) and load that.') from None
+    return _restore_history_buffers(obj)
+
+
+def load_checkpoint_file(filename: str | os.PathLike, map_location=None) -> dict:
+    """mmengine's loader for local paths: a ``.pth`` file or a DeepSpeed ``iter_N.pth/`` folder.
+
+    A DeepSpeed folder yields its model-states file with ``module`` renamed ``state_dict``, so a
+    plain runner can ``load_from`` a checkpoint written under ``--deepspeed``.
+    """
+    path = Path(filename)
+    if path.is_dir():
+        model_file = path / DEEPSPEED_MODEL_FILE
+        if not model_file.is_file():
+            raise MMLLaVAError(f'{path}: a folder, but not a DeepSpeed checkpoint (no {DEEPSPEED_MODEL_FILE})')
+        checkpoint = safe_torch_load(model_file, map_location=map_location)
+        checkpoint['state_dict'] = checkpoint.pop('module')
+        return checkpoint
+    if not path.is_file():
+        raise MMLLaVAError(f'{path}: checkpoint not found')
+    return safe_torch_load(path, map_location=map_location)
+
+
+# --- atomic writing ---------------------------------------------------------------------------
+def _fsync(path: str) -> None:
+    """fsync a file, or every file in a folder tree and the folders themselves."""
+    if osp.isdir(path):
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                _fsync(osp.join(root, name))
+            _fsync_dir(root)
+    else:
+        with open(path, 'rb') as f:
+            os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_path(path: str) -> None:
+    """Delete a checkpoint file or DeepSpeed checkpoint folder, if present."""
+    if osp.isdir(path) and not osp.islink(path):
+        shutil.rmtree(path)
+    elif osp.lexists(path):
+        os.remove(path)
+
+
+def commit(tmp_path: str, final_path: str) -> None:
+    """Make a fully written ``tmp_path`` durable and rename it to ``final_path`` (same folder)."""
+    _fsync(tmp_path)
+    if osp.isdir(final_path):  # os.replace cannot replace a non-empty folder (a re-saved DeepSpeed step)
+        stale = final_path + '.old'
+        remove_path(stale)
+        os.replace(final_path, stale)
+        os.replace(tmp_path, final_path)
+        remove_path(stale)
+    else:
+        os.replace(tmp_path, final_path)
+    _fsync_dir(osp.dirname(osp.abspath(final_path)))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new content, never a torn file."""
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(osp.dirname(osp.abspath(path)))
+
+
+class CheckpointHook(_MMEngineCheckpointHook):
+    """mmengine's ``CheckpointHook`` (same arguments) with crash-safe saving.
+
+    Per save: write ``.iter_N.pth.tmp`` -> fsync -> rename to ``iter_N.pth`` -> rewrite
+    ``last_checkpoint`` -> delete checkpoints beyond ``max_keep_ckpts``. (mmengine deletes the
+    oldest checkpoint first and truncates ``last_checkpoint`` in place, so a crash mid-save can
+    leave it pointing at nothing.) The RNG state is stored with the checkpoint (message hub
+    ``rng_state``) so ``TrainLoop`` can resume bit-exactly. Remote ``out_dir``s fall back to mmengine.
+    """
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        from mmengine.dist import barrier, is_main_process
+        from mmengine.fileio import LocalBackend
+
+        from mmllava.engine.resume import get_rng_state
+
+        if not isinstance(self.file_backend, LocalBackend):
+            return super()._save_checkpoint_with_step(runner, step, meta)
+        filename = self.filename_tmpl.format(step)
+        final_path = osp.join(self.out_dir, filename)
+        tmp_name = f'.{filename}.tmp'
+        tmp_path = osp.join(self.out_dir, tmp_name)
+
+        outdated = []
+        if self.max_keep_ckpts > 0 and (not self.keep_ckpt_ids or self.keep_ckpt_ids[-1] != step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                outdated.append(self.keep_ckpt_ids[0])
+            self.keep_ckpt_ids.append(step)  # a deque with maxlen: drops the oldest id
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        self.last_ckpt = final_path
+        runner.message_hub.update_info('last_ckpt', final_path)
+        runner.message_hub.update_info('rng_state', get_rng_state())
+
+        if is_main_process():
+            os.makedirs(self.out_dir, exist_ok=True)
+            remove_path(tmp_path)  # left by a crash during an earlier save
+        barrier()
+        runner.save_checkpoint(self.out_dir, tmp_name, self.file_client_args, save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
+                               backend_args=self.backend_args, **self.args)
+        barrier()  # every rank's DeepSpeed shard is written
+        if not is_main_process():
+            return
+        commit(tmp_path, final_path)
+        write_text_atomic(osp.join(runner.work_dir, LAST_CHECKPOINT), final_path)
+        for old_step in outdated:
+            remove_path(osp.join(self.out_dir, self.filename_tmpl.format(old_step)))

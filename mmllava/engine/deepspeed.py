@@ -1,0 +1,158 @@
+"""DeepSpeed: the shipped ZeRO configs, filling their "auto" fields from a config, and the strategy.
+
+``--deepspeed`` takes ``zero1|zero2|zero3|zero2_offload|zero3_offload`` (also spelled
+``deepspeed_zero2`` as in XTuner) or a JSON file. "auto" fields follow the mmllava config:
+micro batch = ``train_dataloader.batch_size``, gradient accumulation = ``accumulative_counts``,
+clipping = ``clip_grad.max_norm``; precision = bf16 on CUDA devices that support it, else fp16
+on CUDA, fp32 on CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+from mmengine._strategy import DeepSpeedStrategy as _MMEngineDeepSpeedStrategy
+
+from mmllava.errors import MMLLaVAError
+
+CONFIG_DIR = Path(__file__).with_name('deepspeed_configs')
+
+
+def shipped_deepspeed_configs() -> list[str]:
+    """Names accepted by ``--deepspeed`` (without the optional ``deepspeed_`` prefix)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob('*.json'))
+
+
+def find_deepspeed_config(name_or_path: str) -> Path:
+    """A shipped config name (``zero2``, ``deepspeed_zero2``) or a JSON file path."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = name_or_path.removeprefix('deepspeed_').removesuffix('.json')
+    if (CONFIG_DIR / f'{name}.json').is_file():
+        return CONFIG_DIR / f'{name}.json'
+    choices = ', '.join(shipped_deepspeed_configs())
+    raise MMLLaVAError(f'--deepspeed {name_or_path}: neither a JSON file nor a shipped config ({choices}, '
+                       'optionally prefixed deepspeed_)')
+
+
+def _fill(ds: dict, key: str, value) -> None:
+    if ds.get(key, 'auto') == 'auto':
+        ds[key] = value
+
+
+def resolve_deepspeed_config(name_or_path: str, cfg) -> dict:
+    """The DeepSpeed config dict for ``cfg``: a shipped or user JSON with "auto" fields filled."""
+    path = find_deepspeed_config(name_or_path)
+    try:
+        ds = json.loads(path.read_text(encoding='utf-8'))
+    except json.JSONDecodeError as e:
+        raise MMLLaVAError(f'{path}: not valid JSON: {e}') from None
+    optim_wrapper = cfg.get('optim_wrapper') or {}
+    clip_grad = optim_wrapper.get('clip_grad') or {}
+    _fill(ds, 'train_micro_batch_size_per_gpu', cfg.train_dataloader.get('batch_size', 1))
+    _fill(ds, 'gradient_accumulation_steps', optim_wrapper.get('accumulative_counts', 1))
+    _fill(ds, 'gradient_clipping', clip_grad.get('max_norm', 0.0))
+    if ds.get('train_batch_size') == 'auto':
+        del ds['train_batch_size']  # DeepSpeed derives it from micro batch x accumulation x world size
+    on_cuda = torch.cuda.is_available()
+    bf16 = on_cuda and torch.cuda.is_bf16_supported()
+    for key, wanted in (('bf16', bf16), ('fp16', on_cuda and not bf16)):
+        section = ds.setdefault(key, {})
+        if section.get('enabled', 'auto') == 'auto':
+            section['enabled'] = wanted
+    ds.setdefault('zero_allow_untested_optimizer', True)  # we pass the config's torch optimizer
+    ds.setdefault('steps_per_print', 10 ** 10)  # mmengine's LoggerHook logs; silence DeepSpeed's own
+    return ds
+
+
+class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
+    """mmengine's DeepSpeed strategy, working with DeepSpeed 0.19, on CPU, with safe, hooked checkpoints.
+
+    (The class keeps mmengine's name: ``FlexibleRunner`` recognises DeepSpeed strategies by it.)
+    - construction: ``compat.apply()`` first (mmengine imports the removed ``onebit`` optimizers);
+      ZeRO-3 keeps a ``HfDeepSpeedConfig`` alive so transformers builds partitioned models;
+    - distributed init: gloo and no CUDA calls without CUDA (``compat``);
+    - checkpoints: DeepSpeed's checkpoint engine unpickles everything (``weights_only=False``):
+      it is replaced by ``safe_torch_load``; mmengine skips the ``before_save_checkpoint`` and
+      ``after_load_checkpoint`` hooks under DeepSpeed: they are called; ``load_from`` also takes
+      a plain ``.pth`` file (loaded non-strictly into the module).
+    """
+
+    def __init__(self, **kwargs):
+        from mmllava.engine import compat
+
+        compat.apply()
+        if isinstance(kwargs.get('config'), dict):  # a ConfigDict would be pickled into every checkpoint
+            kwargs['config'] = json.loads(json.dumps(kwargs['config']))
+        super().__init__(**kwargs)
+        if self.config.get('zero_optimization', {}).get('stage') == 3:
+            from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+            self.hf_deepspeed_config = HfDeepSpeedConfig(self.config)
+
+    def _setup_distributed(self, launcher=None, backend='nccl', **kwargs):
+        from mmengine.dist import init_dist
+
+        init_dist(launcher, backend if torch.cuda.is_available() else 'gloo', init_backend='deepspeed', **kwargs)
+
+    def _wrap_model(self, model):
+        wrapper = super()._wrap_model(model)
+        _use_safe_checkpoint_engine(wrapper.model)
+        return wrapper
+
+    def save_checkpoint(self, filename, *, save_optimizer=True, save_param_scheduler=True, extra_ckpt=None,
+                        callback=None):
+        extra_ckpt = {} if extra_ckpt is None else extra_ckpt
+        if callback is not None:
+            callback(extra_ckpt)
+        super().save_checkpoint(filename, save_optimizer=save_optimizer, save_param_scheduler=save_param_scheduler,
+                                extra_ckpt=extra_ckpt)
+
+    def resume(self, filename, *, resume_optimizer=True, resume_param_scheduler=True, map_location='default',
+               callback=None):
+        _require_deepspeed_folder(filename, 'resume')
+        checkpoint = super().resume(filename, resume_optimizer=resume_optimizer,
+                                    resume_param_scheduler=resume_param_scheduler)
+        if callback is not None:
+            callback(checkpoint)
+        return checkpoint
+
+    def load_checkpoint(self, filename, *, map_location='cpu', strict=False, revise_keys=[(r'^module.', '')],
+                        callback=None):
+        if os.path.isdir(filename):
+            checkpoint = super().load_checkpoint(filename)
+        else:
+            from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+            from mmllava.engine.checkpoint import load_checkpoint_file
+
+            self.logger.info(f'Load checkpoint from {filename}')
+            checkpoint = load_checkpoint_file(filename, map_location='cpu')
+            _load_checkpoint_to_model(self.model.module, checkpoint, strict=False, revise_keys=revise_keys)
+        if callback is not None:
+            callback(checkpoint)
+        return checkpoint
+
+
+def _require_deepspeed_folder(filename: str, action: str) -> None:
+    if not os.path.isdir(filename):
+        raise MMLLaVAError(f'{filename}: cannot {action} a --deepspeed run from it: not a DeepSpeed checkpoint '
+                           'folder (a checkpoint written without --deepspeed resumes only without it)')
+
+
+class SafeTorchCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, loading with ``safe_torch_load`` (it unpickles anything)."""
+
+    def load(self, path, map_location=None):
+        from mmllava.engine.checkpoint import safe_torch_load
+
+        return safe_torch_load(path, map_location=map_location)
+
+
+def _use_safe_checkpoint_engine(engine) -> None:
+    if type(engine.checkpoint_engine) is TorchCheckpointEngine:
+        engine.checkpoint_engine = SafeTorchCheckpointEngine(engine._config)

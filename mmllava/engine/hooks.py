@@ -1,0 +1,201 @@
+"""Training hooks: what the user sees while a run goes.
+
+- ``DatasetInfoHook``: one decoded training sample at the start, masked positions shown as
+  ``[-100 x N]`` and images as ``<image x N>``, so a template/tokenizer mismatch that masks every
+  label is visible before the run (and warned about).
+- ``EvaluateChatHook``: answers ``evaluation_inputs`` x ``evaluation_images`` before training,
+  every ``every_n_iters`` iterations and at the end, in the log.
+- ``ThroughputHook``: adds non-padding tokens/s, peak RSS (CPU) and DeepSpeed's gradient norm to
+  what mmengine's ``LoggerHook`` prints (loss, lr, time, ETA, CUDA memory).
+"""
+from __future__ import annotations
+
+import itertools
+import resource
+import time
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmllava.config import build
+from mmllava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+
+def _unwrap(model):
+    while is_model_wrapper(model):  # DDP, or mmengine's DeepSpeed engine wrapper (-> engine.module)
+        model = model.module
+    return model
+
+
+def format_tokens(ids, tokenizer, special: dict[int, str]) -> str:
+    """Decode ``ids``; runs of a ``special`` id (e.g. -100) print as ``[label x N]``."""
+    parts = []
+    for value, run in itertools.groupby(int(i) for i in ids):
+        run = list(run)
+        if value in special:
+            parts.append(f'[{special[value]} x {len(run)}]')
+        else:
+            parts.append(tokenizer.decode(run, skip_special_tokens=False))
+    return ''.join(parts)
+
+
+def format_sample(input_ids, labels, tokenizer) -> str:
+    """Two views of an encoded sample: what the model reads, and what it is trained to write."""
+    trained = sum(1 for i in labels if i != IGNORE_INDEX)
+    text = format_tokens(input_ids, tokenizer, {IMAGE_TOKEN_INDEX: 'image'})
+    target = format_tokens(labels, tokenizer, {IGNORE_INDEX: '-100', IMAGE_TOKEN_INDEX: 'image'})
+    return (f'{len(input_ids)} tokens, {trained} trained\n--- input ---\n{text}\n'
+            f'--- labels ([-100 x N] = N positions not trained) ---\n{target}')
+
+
+class DatasetInfoHook(Hook):
+    """Log the first ``num_samples`` training samples decoded (XTuner's ``DatasetInfoHook``)."""
+
+    def __init__(self, tokenizer, num_samples: int = 1):
+        self.tokenizer = build(tokenizer)
+        self.num_samples = num_samples
+
+    def before_train(self, runner) -> None:
+        dataset = runner.train_dataloader.dataset
+        runner.logger.info(f'training dataset: {len(dataset)} samples')
+        for index in range(min(self.num_samples, len(dataset))):
+            sample = dataset[index]
+            runner.logger.info(f'training sample {index}: '
+                               + format_sample(sample['input_ids'], sample['labels'], self.tokenizer))
+            if all(label == IGNORE_INDEX for label in sample['labels']):
+                runner.logger.warning(f'training sample {index} has no trained token: check prompt_template '
+                                      'against the tokenizer, and max_length')
+
+
+class EvaluateChatHook(Hook):
+    """Answer ``evaluation_inputs`` for each of ``evaluation_images`` (or text only) with the model.
+
+    Arguments follow XTuner's hook: ``tokenizer`` and ``image_processor`` are objects or
+    ``dict(type=...)`` configs (the processor maps a PIL image to a ``[3, H, W]`` tensor and has
+    ``num_image_tokens``, like ``mmllava.data.image.ImageProcessor``); ``system`` empty or None
+    means the template's default; ``every_n_iters`` None evaluates only before and after training.
+    Every rank generates (ZeRO-3 needs all of them); rank 0 logs.
+    """
+
+    priority = 'LOW'  # after the optimizer step and the lr update of the iteration
+
+    def __init__(self, tokenizer, evaluation_inputs, evaluation_images=None, image_processor=None,
+                 system: str | None = None, prompt_template: str = 'plain', every_n_iters: int | None = None,
+                 max_new_tokens: int = 600, generation_kwargs: dict | None = None):
+        self.tokenizer = build(tokenizer)
+        self.inputs = [evaluation_inputs] if isinstance(evaluation_inputs, str) else list(evaluation_inputs)
+        images = [evaluation_images] if isinstance(evaluation_images, str) else list(evaluation_images or [])
+        self.images = images or [None]
+        self.image_processor = build(image_processor)
+        if images and self.image_processor is None:
+            raise ValueError('EvaluateChatHook: evaluation_images need an image_processor')
+        self.system = system or None
+        self.template = prompt_template
+        self.every_n_iters = every_n_iters
+        self.generation_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, **(generation_kwargs or {}))
+        self._last_evaluated_iter = None
+
+    def _stop_token_ids(self) -> list[int]:
+        from mmllava.templates import get_template
+
+        ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        for word in get_template(self.template).stop_words:
+            word_ids = self.tokenizer.encode(word, add_special_tokens=False)
+            if len(word_ids) == 1:
+                ids.append(word_ids[0])
+        return sorted(set(ids))
+
+    def _prompt_ids(self, text: str, image) -> list[int]:
+        from mmllava.data.encode import bos_ids, tokenize_with_images
+        from mmllava.templates import get_template, render_prompt
+
+        template = get_template(self.template)
+        if image is not None:
+            text = f'{DEFAULT_IMAGE_TOKEN}\n{text}'
+        prompt = render_prompt(template, [text], system=self.system)
+        num_image_tokens = self.image_processor.num_image_tokens if image is not None else 0
+        return bos_ids(self.tokenizer, template) + tokenize_with_images(prompt, self.tokenizer, num_image_tokens)
+
+    @torch.no_grad()
+    def evaluate(self, runner, when: str) -> None:
+        """Generate every answer and log them under the heading ``when``."""
+        from mmllava.data.image import load_image
+
+        model = _unwrap(runner.model)
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        stop_ids = self._stop_token_ids()
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
+        lines = [f'EvaluateChatHook ({when}):']
+        for image_path in self.images:
+            pixel_values = None
+            if image_path is not None:
+                pixel_values = self.image_processor(load_image(image_path))[None].to(device)
+            for text in self.inputs:
+                input_ids = torch.tensor([self._prompt_ids(text, image_path)], device=device)
+                new_ids = model.generate(input_ids, pixel_values=pixel_values, eos_token_id=stop_ids,
+                                         pad_token_id=pad_id, **self.generation_kwargs)
+                answer = self.tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
+                lines.append(f'[{image_path or "no image"}] {text!r} -> {answer!r}')
+        runner.logger.info('\n'.join(lines))
+        model.train(was_training)
+        self._last_evaluated_iter = runner.iter
+
+    def before_train(self, runner) -> None:
+        self.evaluate(runner, 'before training')
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if self.every_n_iters and self.every_n_train_iters(runner, self.every_n_iters):
+            self.evaluate(runner, f'iteration {runner.iter + 1}')
+
+    def after_train(self, runner) -> None:
+        if self._last_evaluated_iter != runner.iter:
+            self.evaluate(runner, 'after training')
+
+
+def _non_padding_tokens(data_batch) -> int | None:
+    data = data_batch.get('data', data_batch) if isinstance(data_batch, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get('attention_mask'), torch.Tensor):
+        return int(data['attention_mask'].sum())
+    if isinstance(data.get('input_ids'), torch.Tensor):
+        return data['input_ids'].numel()
+    return None
+
+
+class ThroughputHook(Hook):
+    """Log ``tokens_per_sec`` (non-padding tokens, all ranks, per wall second of the iteration),
+    ``rss_mb`` (peak resident memory, CPU runs) and ``grad_norm`` under DeepSpeed."""
+
+    priority = 'NORMAL'  # before LoggerHook (BELOW_NORMAL) reads the scalars
+
+    def __init__(self):
+        self._start = None
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        from mmengine.dist import all_reduce, get_world_size
+
+        now = time.perf_counter()
+        elapsed, self._start = now - self._start, now
+        hub = runner.message_hub
+        tokens = _non_padding_tokens(data_batch)
+        if tokens is not None and elapsed > 0:
+            count = torch.tensor(float(tokens))
+            if get_world_size() > 1:
+                all_reduce(count)  # same collective on every rank: all have a batch each iteration
+            hub.update_scalar('train/tokens_per_sec', float(count) / elapsed)
+        if not torch.cuda.is_available():
+            hub.update_scalar('train/rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        engine = getattr(runner.model, 'model', None)
+        if hasattr(engine, 'get_global_grad_norm'):
+            norm = engine.get_global_grad_norm()
+            if norm is not None:
+                hub.update_scalar('train/grad_norm', float(norm))
+

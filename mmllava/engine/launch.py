@@ -1,0 +1,67 @@
+"""How training processes start: XTuner's environment convention, torchrun, slurm, single process.
+
+``NPROC_PER_NODE=8 mmllava train ...`` (with ``NNODES``, ``NODE_RANK``, ``ADDR``, ``PORT`` for
+several nodes) re-runs the same command under ``torchrun`` with ``--launcher pytorch``, as
+``xtuner train`` does. A single process under DeepSpeed still needs the launcher variables, or
+DeepSpeed falls back to MPI discovery (and fails without ``mpi4py``).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+
+def free_port() -> int:
+    """A TCP port free on this host right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def single_process_env() -> dict[str, str]:
+    """Launcher variables for a world of one (values already in the environment win)."""
+    env = {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1', 'MASTER_ADDR': '127.0.0.1'}
+    env = {k: os.environ.get(k, v) for k, v in env.items()}
+    env['MASTER_PORT'] = os.environ.get('MASTER_PORT') or str(free_port())
+    return env
+
+
+def slurm_env(port: int | None = None) -> dict[str, str]:
+    """torch.distributed variables from ``SLURM_*`` (what mmengine's slurm init sets, minus CUDA)."""
+    node_list = os.environ['SLURM_NODELIST']
+    addr = os.environ.get('MASTER_ADDR') or subprocess.getoutput(
+        f'scontrol show hostname {node_list} | head -n1').strip()
+    return {'RANK': os.environ['SLURM_PROCID'], 'WORLD_SIZE': os.environ['SLURM_NTASKS'],
+            'LOCAL_RANK': os.environ.get('SLURM_LOCALID', '0'), 'MASTER_ADDR': addr,
+            'MASTER_PORT': str(port or os.environ.get('MASTER_PORT', 29500))}
+
+
+def _int_env(name: str, default: int) -> int:
+    from mmllava.errors import MMLLaVAError
+
+    value = os.environ.get(name, '')
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise MMLLaVAError(f'{name}={value!r}: expected an integer') from None
+
+
+def torchrun_command(train_argv: list[str]) -> list[str] | None:
+    """The ``torchrun`` command asked for by ``NPROC_PER_NODE``/``NNODES``, or None for one process.
+
+    ``train_argv`` are the ``train`` verb's arguments; ``--launcher pytorch`` is appended. Inside
+    a torchrun worker (``TORCHELASTIC_RUN_ID`` set) this is always None.
+    """
+    if 'TORCHELASTIC_RUN_ID' in os.environ:
+        return None
+    nproc, nnodes = _int_env('NPROC_PER_NODE', 1), _int_env('NNODES', 1)
+    if nproc <= 1 and nnodes <= 1:
+        return None
+    port = os.environ.get('PORT') or (str(free_port()) if nnodes == 1 else '29500')
+    return [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', f'--nnodes={nnodes}',
+            f'--node_rank={_int_env("NODE_RANK", 0)}', f'--master_addr={os.environ.get("ADDR", "127.0.0.1")}',
+            f'--master_port={port}', '-m', 'mmllava.cli', 'train', *train_argv, '--launcher', 'pytorch']

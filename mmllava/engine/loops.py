@@ -1,0 +1,144 @@
+"""``TrainLoop``: XTuner's iteration-based training loop (``max_epochs`` or ``max_iters``), resumable.
+
+Differences from mmengine's ``IterBasedTrainLoop`` (which XTuner's ``TrainLoop`` extends):
+a resumed run starts mid-epoch by skipping sampler indices (no batch is loaded to be thrown
+away) and restores the RNG saved with the checkpoint, so its losses equal the uninterrupted
+run's; no 2 s sleep at every epoch boundary; ``runner.epoch`` counts real passes over the data;
+logged scalars are averaged over ranks.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+from mmengine.registry import LOOPS
+from mmengine.runner.base_loop import BaseLoop
+
+from mmllava.engine.resume import ResumableSampler, set_rng_state
+from mmllava.errors import MMLLaVAError
+
+
+def _resumable_dataloader_cfg(dataloader: dict) -> dict:
+    """Wrap ``dataloader.sampler`` in ``ResumableSampler`` (a config-level change, before building)."""
+    dataloader = copy.copy(dataloader)
+    sampler = dataloader.get('sampler')
+    if isinstance(sampler, dict) and 'batch_sampler' not in dataloader:
+        dataloader['sampler'] = dict(type=ResumableSampler, sampler=sampler)
+    return dataloader
+
+
+@LOOPS.register_module()
+class TrainLoop(BaseLoop):
+    """Train for ``max_iters`` iterations, or ``max_epochs`` passes over ``dataloader`` (exactly one).
+
+    Use in a config as ``train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)``. Validation
+    loops are not run (the configs evaluate with ``EvaluateChatHook``).
+    """
+
+    def __init__(self, runner, dataloader, max_iters: int | None = None, max_epochs: float | None = None):
+        if (max_iters is None) == (max_epochs is None):
+            raise MMLLaVAError('train_cfg: give exactly one of max_iters and max_epochs')
+        if isinstance(dataloader, dict):
+            dataloader = _resumable_dataloader_cfg(dataloader)
+        super().__init__(runner, dataloader)
+        if len(self.dataloader) == 0:
+            raise MMLLaVAError('the training dataloader is empty (no samples, or fewer than one batch)')
+        if max_iters is not None:
+            if int(max_iters) != max_iters or max_iters < 1:
+                raise MMLLaVAError(f'train_cfg.max_iters must be a positive integer, got {max_iters!r}')
+            self._max_iters = int(max_iters)
+        else:
+            self._max_iters = max(1, round(max_epochs * len(self.dataloader)))
+        self._max_epochs = -(-self._max_iters // len(self.dataloader))
+        self._epoch = 0
+        self._iter = 0
+        self.stop_training = False  # set by EarlyStoppingHook-like hooks
+
+    @property
+    def max_epochs(self) -> int:
+        return self._max_epochs
+
+    @property
+    def max_iters(self) -> int:
+        return self._max_iters
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def iter(self) -> int:
+        return self._iter
+
+    def run(self):
+        """Run ``before_train`` hooks, the iterations left, then ``after_train`` hooks."""
+        self.runner.call_hook('before_train')
+        batches = self._batches()
+        self.runner.call_hook('before_train_epoch')
+        while self._iter < self._max_iters and not self.stop_training:
+            self.runner.model.train()
+            self.run_iter(next(batches))
+        self.runner.call_hook('after_train_epoch')
+        self.runner.call_hook('after_train')
+        return self.runner.model
+
+    def run_iter(self, data_batch) -> None:
+        """One optimisation step on ``data_batch``, between the iteration hooks."""
+        self.runner.call_hook('before_train_iter', batch_idx=self._iter, data_batch=data_batch)
+        outputs = self.runner.model.train_step(data_batch, optim_wrapper=self.runner.optim_wrapper)
+        outputs = _mean_over_ranks(outputs)
+        self.runner.call_hook('after_train_iter', batch_idx=self._iter, data_batch=data_batch, outputs=outputs)
+        self._iter += 1
+
+    def _batches(self):
+        """Endless batches from the current position; a resumed position is reached by skipping
+        sampler indices, then the checkpoint's RNG state is restored (see module doc)."""
+        from mmengine.logging import print_log
+
+        epoch_length = len(self.dataloader)
+        self._epoch, offset = divmod(self._iter, epoch_length)
+        sampler = getattr(self.dataloader, 'sampler', None)
+        rng_state = self.runner.message_hub.get_info('rng_state') if self._iter else None
+        if self._iter:
+            print_log(f'resuming at epoch {self._epoch}, batch {offset} of {epoch_length}', logger='current')
+            if isinstance(sampler, ResumableSampler):
+                sampler.reseed(self.runner.seed)
+                sampler.skip(offset * self.dataloader.batch_size)
+        self._set_epoch(self._epoch)
+        if rng_state is not None and offset == 0:
+            set_rng_state(rng_state)  # the uninterrupted run drew from it when it started this epoch
+        iterator = iter(self.dataloader)
+        if offset and not isinstance(sampler, ResumableSampler):
+            print_log('the sampler cannot skip: re-reading the batches already trained', logger='current',
+                      level=logging.WARNING)
+            for _ in range(offset):
+                next(iterator)
+        if rng_state is not None and offset:
+            set_rng_state(rng_state)  # mid-epoch: the uninterrupted run made no new iterator here
+        while True:
+            yield from iterator
+            self._epoch += 1
+            self._set_epoch(self._epoch)
+            iterator = iter(self.dataloader)
+
+    def _set_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.dataloader, 'sampler', None)
+        if hasattr(sampler, 'set_epoch'):
+            sampler.set_epoch(epoch)
+        elif hasattr(getattr(self.dataloader, 'batch_sampler', None), 'set_epoch'):
+            self.dataloader.batch_sampler.set_epoch(epoch)
+
+
+def _mean_over_ranks(outputs):
+    """Average the scalar tensors a train step logs over ranks (rank 0 logs the run, not its shard)."""
+    import torch
+    from mmengine.dist import all_reduce, get_world_size
+
+    if get_world_size() == 1 or not isinstance(outputs, dict):
+        return outputs
+    keys = [k for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    if not keys:
+        return outputs
+    values = torch.stack([outputs[k].detach().float().reshape(()) for k in keys])
+    all_reduce(values, op='mean')
+    return {**outputs, **dict(zip(keys, values))}

@@ -1,0 +1,118 @@
+"""chat: the xtuner-format export, the huggingface export and transformers' own generate give the
+same greedy answer; streaming, multi-turn, stop words and one-line errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from llava_checkpoints import FINETUNE, cfg_options, make_checkpoint, sample_image
+
+from mmllava.cli import main
+
+PROMPT = 'What colour is the circle?'
+
+
+@pytest.fixture(scope='module')
+def exports(tiny_zoo, tmp_path_factory):
+    """xtuner and huggingface (fp32) exports of one LoRA checkpoint, and an image file."""
+    root = tmp_path_factory.mktemp('chat')
+    make_checkpoint(tiny_zoo, root / 'iter_5.pth', qlora=False, scale=0.02)
+    for fmt in ('xtuner', 'huggingface'):
+        assert main(['convert', 'pth_to_hf', FINETUNE, str(root / 'iter_5.pth'), str(root / fmt), '--fp32',
+                     '--save-format', fmt, '--cfg-options', *cfg_options(tiny_zoo, qlora=False)]) == 0
+    sample_image().save(root / 'image.png')
+    return root
+
+
+def chat(capsys, *args) -> list[str]:
+    capsys.readouterr()
+    assert main(['chat', *args, '--temperature', '0', '--max-new-tokens', '12', '--torch-dtype', 'float32']) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_xtuner_hf_and_transformers_answer_alike(tiny_zoo, exports, capsys):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mmllava.chat.streaming import cut_at_stop_word
+    from mmllava.data.image import load_image
+
+    image = str(exports / 'image.png')
+    xtuner = chat(capsys, str(tiny_zoo['internlm2_chat']), '--visual-encoder', str(tiny_zoo['clip_vit']),
+                  '--llava', str(exports / 'xtuner'), '--prompt-template', 'internlm2_chat', '--image', image,
+                  '--prompt', PROMPT)
+    hf = chat(capsys, str(exports / 'huggingface'), '--image', image, '--prompt', PROMPT, '--no-streamer')
+
+    model = LlavaForConditionalGeneration.from_pretrained(exports / 'huggingface').eval()
+    processor = AutoProcessor.from_pretrained(exports / 'huggingface')
+    messages = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': PROMPT}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    enc = processor(text=text, images=load_image(image), return_tensors='pt', add_special_tokens=False)
+    out = model.generate(**enc, do_sample=False, max_new_tokens=12)
+    answer = processor.decode(out[0, enc['input_ids'].shape[1]:])
+    expected = cut_at_stop_word(answer, ['<|im_end|>', '</s>'])[0]
+    assert len(expected) > 3
+    assert xtuner == hf == [expected]
+
+
+def test_session_streams_and_remembers(exports):
+    from mmllava.chat.loader import load_chat_model
+    from mmllava.chat.session import ChatSession, GenerationSettings
+
+    chat_model = load_chat_model(exports / 'huggingface', torch_dtype='float32')
+    session = ChatSession(chat_model, settings=GenerationSettings(max_new_tokens=8))
+    pieces = []
+    first = session.ask(PROMPT, image=sample_image(), stream_callback=pieces.append)
+    assert ''.join(pieces) == first and len(pieces) > 1
+    second = session.ask('And its shape?')
+    assert session.turns == ['<image>\n' + PROMPT, first, 'And its shape?', second]
+    assert len(session.images) == 1
+
+
+def test_stop_words_cut_and_hold_back():
+    from mmllava.chat.streaming import StopWordStreamer
+
+    class CharTokenizer:  # one character per id
+        def decode(self, ids, skip_special_tokens=False):
+            return ''.join(chr(i) for i in ids)
+
+    pieces = []
+    streamer = StopWordStreamer(CharTokenizer(), ['<|im_end|>'], prompt_length=2, callback=pieces.append)
+    ids = [ord(c) for c in 'PPab<|im']
+    for n in range(3, len(ids) + 1):
+        assert not streamer(torch.tensor([ids[:n]]))[0]
+    assert ''.join(pieces) == 'ab'  # '<|im' could still become the stop word
+    ids += [ord(c) for c in '_end|>zz']
+    assert streamer(torch.tensor([ids]))[0]
+    assert streamer.finish(ids[2:]) == 'ab<|im'[:2] and ''.join(pieces) == 'ab'
+
+
+def test_text_only_llm_and_interactive_loop(tiny_zoo, capsys, monkeypatch):
+    import io
+
+    from mmllava.chat.session import ChatSession
+
+    asked = []
+    original = ChatSession.ask
+    monkeypatch.setattr(ChatSession, 'ask', lambda self, text, **kw: asked.append(text) or original(self, text, **kw))
+    monkeypatch.setattr('sys.stdin', io.StringIO('hello\n\nexit\nnever asked\n'))
+    assert main(['chat', str(tiny_zoo['qwen2_5_instruct']), '--prompt-template', 'qwen_chat', '--temperature', '0',
+                 '--max-new-tokens', '4']) == 0
+    assert asked == ['hello']  # the empty line is skipped, `exit` ends the loop
+
+
+@pytest.mark.parametrize('args, message', [
+    (['MODEL', '--image', 'missing.png', '--prompt', 'hi'], 'image file not found: missing.png'),
+    (['MODEL', '--bits', '4', '--prompt', 'hi'], '--bits 4 needs a CUDA GPU (bitsandbytes inference); '
+                                                 'none is available here'),
+    (['{qwen}', '--prompt', 'hi'], '{qwen} does not record its prompt template; pass --prompt-template '
+                                   '(one of: internlm2_chat, llama3_chat, qwen_chat, vicuna, plain)'),
+    (['{qwen}', '--llava', '{tmp}', '--prompt', 'hi'], '--llava {tmp}: not an xtuner-format export '
+                                                       '(no projector/config.json)'),
+    (['{tmp}', '--prompt', 'hi'], '{tmp}: not a model folder (no config.json)'),
+])
+def test_chat_errors(tiny_zoo, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    fill = {'tmp': str(tmp_path), 'qwen': str(tiny_zoo['qwen2_5_instruct'])}
+    args = [a.format(**fill) if a != 'MODEL' else str(tiny_zoo['qwen2_5_instruct']) for a in args]
+    assert main(['chat', *args]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == 'mmllava chat: error: ' + message.format(**fill)

@@ -1,0 +1,191 @@
+"""convert pth_to_hf: huggingface exports reproduce the training model's logits (LoRA and QLoRA),
+the xtuner and official layouts, checkpoint sources, and one-line errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from llava_checkpoints import FINETUNE, PRETRAIN, cfg_options, make_checkpoint, sample_image
+from safetensors import safe_open
+
+from mmllava.cli import main
+from mmllava.constants import IMAGE_TOKEN_INDEX
+
+# fp32 export vs the training model: only summation-order differences remain.
+LOGITS_ATOL = 1e-4
+
+
+def convert(config, checkpoint, out, zoo, *extra, qlora=True):
+    return main(['convert', 'pth_to_hf', config, str(checkpoint), str(out), *extra,
+                 '--cfg-options', *cfg_options(zoo, qlora)])
+
+
+def weight_keys(folder) -> set[str]:
+    keys = set()
+    for file in folder.glob('*.safetensors'):
+        with safe_open(str(file), framework='pt') as f:
+            keys.update(f.keys())
+    return keys
+
+
+@pytest.mark.parametrize('qlora', [False, True], ids=['lora', 'qlora'])
+def test_huggingface_export_matches_training_logits(tiny_zoo, tmp_path, qlora):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mmllava.builders import load_image_processor, load_tokenizer
+
+    model = make_checkpoint(tiny_zoo, tmp_path / 'iter_5.pth', qlora=qlora)
+    layer = model.llm.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert type(layer).__name__ == ('Linear4bit' if qlora else 'Linear')
+    out = tmp_path / 'hf'
+    assert convert(FINETUNE, tmp_path / 'iter_5.pth', out, tiny_zoo, '--save-format', 'huggingface', '--fp32',
+                   qlora=qlora) == 0
+
+    hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    image = sample_image()
+    # The same prompt through the exported processor and through our training-side path.
+    text = '<s><|im_start|>user\n<image>\nWhat colour is the circle?<|im_end|>\n<|im_start|>assistant\n'
+    enc = processor(text=text, images=image, return_tensors='pt', add_special_tokens=False)
+    image_id = hf.config.image_token_index
+    assert int((enc['input_ids'] == image_id).sum()) == 64 == hf.config.image_seq_length  # (64 / 8)^2
+    tokenizer = load_tokenizer(tiny_zoo['internlm2_chat'])
+    ours = [tokenizer.bos_token_id] + tokenizer.encode(text.removeprefix('<s>').split('<image>')[0],
+                                                       add_special_tokens=False) + [IMAGE_TOKEN_INDEX] * 64 + \
+        tokenizer.encode(text.split('<image>')[1], add_special_tokens=False)
+    ours = torch.tensor([ours])
+    assert torch.equal(enc['input_ids'], ours.masked_fill(ours == IMAGE_TOKEN_INDEX, image_id))
+    pixel_values = load_image_processor(tiny_zoo['clip_vit'])(image)[None]
+    assert torch.allclose(enc['pixel_values'], pixel_values, atol=1e-5)
+
+    with torch.no_grad():
+        expected = model({'input_ids': ours, 'pixel_values': pixel_values}, mode='tensor')
+        got = hf(**enc).logits
+    vocab = expected.shape[-1]
+    assert got.shape[-1] == vocab + 1  # <image> appended to the 600-token vocabulary
+    assert (got[..., :vocab] - expected).abs().max() < LOGITS_ATOL
+    assert expected.std() > 0.1  # the comparison is not between near-constant tensors
+
+
+def test_huggingface_export_files(tiny_zoo, tmp_path):
+    make_checkpoint(tiny_zoo, tmp_path / 'iter_5.pth', qlora=False)
+    out = tmp_path / 'hf'
+    assert convert(FINETUNE, tmp_path / 'iter_5.pth', out, tiny_zoo, '--save-format', 'huggingface',
+                   '--max-shard-size', '100KB', qlora=False) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert config['vision_feature_layer'] == -2 and config['vision_feature_select_strategy'] == 'default'
+    assert config['projector_hidden_act'] == 'gelu' and config['image_seq_length'] == 64
+    assert config['prompt_template'] == 'internlm2_chat'
+    assert config['torch_dtype'] == config['dtype'] == 'bfloat16'  # default: bf16
+    text = config['text_config']
+    assert text['rope_theta'] == 1e6 and text['rope_scaling'] == {'type': 'dynamic', 'rope_type': 'dynamic',
+                                                                  'factor': 2.0}
+    assert text['torch_dtype'] == 'bfloat16' and 'quantization_config' not in text
+    assert config['image_token_index'] == text['vocab_size'] - 1 == 600
+    index = json.loads((out / 'model.safetensors.index.json').read_text())
+    assert len(set(index['weight_map'].values())) > 1  # sharded at 100 KB
+    keys = weight_keys(out)
+    assert keys == set(index['weight_map'])
+    assert 'vision_tower.vision_model.embeddings.patch_embedding.weight' in keys
+    assert {'multi_modal_projector.linear_1.weight', 'multi_modal_projector.linear_2.bias',
+            'language_model.lm_head.weight', 'language_model.model.embed_tokens.weight'} <= keys
+    assert not any(k.startswith(('model.', 'vision_tower.embeddings', 'lm_head')) or 'lora' in k for k in keys)
+    processor = json.loads((out / 'processor_config.json').read_text())
+    assert processor['patch_size'] == 8 and processor['num_additional_image_tokens'] == 1
+    assert processor['vision_feature_select_strategy'] == 'default' and processor['image_token'] == '<image>'
+    preprocessor = json.loads((out / 'preprocessor_config.json').read_text())
+    assert preprocessor['crop_size'] == {'height': 64, 'width': 64}
+    tok_cfg = json.loads((out / 'tokenizer_config.json').read_text())
+    assert tok_cfg['tokenizer_class'] == 'PreTrainedTokenizerFast' and '<image>' in tok_cfg['chat_template']
+    assert 'auto_map' not in tok_cfg
+    generation = json.loads((out / 'generation_config.json').read_text())
+    assert generation['eos_token_id'] == [2, 598]  # </s> and <|im_end|>
+
+
+def test_xtuner_layout(tiny_zoo, tmp_path):
+    from peft import PeftConfig
+
+    model = make_checkpoint(tiny_zoo, tmp_path / 'iter_5.pth')
+    out = tmp_path / 'xtuner'
+    assert convert(FINETUNE, tmp_path / 'iter_5.pth', out, tiny_zoo) == 0
+    assert sorted(p.name for p in out.iterdir()) == ['llm_adapter', 'projector', 'visual_encoder_adapter',
+                                                     'xtuner_config.py']
+    projector = json.loads((out / 'projector' / 'config.json').read_text())
+    assert {k: projector[k] for k in ('visual_hidden_size', 'llm_hidden_size', 'depth', 'hidden_act', 'bias')} == {
+        'visual_hidden_size': 64, 'llm_hidden_size': 64, 'depth': 2, 'hidden_act': 'gelu', 'bias': True}
+    with safe_open(str(out / 'projector' / 'model.safetensors'), framework='pt') as f:
+        assert sorted(f.keys()) == ['model.0.bias', 'model.0.weight', 'model.2.bias', 'model.2.weight']
+        assert torch.equal(f.get_tensor('model.2.weight').float(), model.projector[2].weight.bfloat16().float())
+    for name in ('llm_adapter', 'visual_encoder_adapter'):
+        assert (out / name / 'adapter_model.safetensors').is_file()
+        assert PeftConfig.from_pretrained(out / name).peft_type == 'LORA'
+    assert "prompt_template = 'internlm2_chat'" in (out / 'xtuner_config.py').read_text()
+
+
+def test_official_layout(tiny_zoo, tmp_path):
+    make_checkpoint(tiny_zoo, tmp_path / 'iter_5.pth', qlora=False)
+    out = tmp_path / 'official'
+    assert convert(FINETUNE, tmp_path / 'iter_5.pth', out, tiny_zoo, '--save-format', 'official', qlora=False) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architectures'] == ['LlavaLlamaForCausalLM'] and config['model_type'] == 'llava_llama'
+    expected = {'mm_hidden_size': 64, 'mm_projector_type': 'mlp2x_gelu', 'mm_vision_select_layer': -2,
+                'mm_vision_select_feature': 'patch', 'mm_use_im_start_end': False, 'mm_use_im_patch_token': False,
+                'image_aspect_ratio': 'square', 'rope_theta': 1e6, 'torch_dtype': 'bfloat16'}
+    assert {k: config[k] for k in expected} == expected
+    # The vision tower had LoRA: its merged copy is saved and referenced.
+    assert config['mm_vision_tower'] == str((out / 'visual_encoder').resolve())
+    assert 'vision_model.embeddings.patch_embedding.weight' in weight_keys(out / 'visual_encoder')
+    keys = weight_keys(out)
+    assert {'model.mm_projector.0.weight', 'model.mm_projector.2.bias', 'lm_head.weight',
+            'model.embed_tokens.weight', 'model.layers.1.self_attn.q_proj.weight'} <= keys
+    assert not any('lora' in k or k.startswith(('language_model', 'vision_tower')) for k in keys)
+
+
+@pytest.mark.parametrize('source', ['work_dir', 'deepspeed_folder', 'xtuner_pretrain_pth'])
+def test_checkpoint_sources(tiny_zoo, tmp_path, source):
+    """Work dir (last checkpoint), DeepSpeed folder, and seed 000: the *pretrain* config name with
+    XTuner's projector-only iter_2181.pth (``projector.model.N`` keys)."""
+    model = make_checkpoint(tiny_zoo, tmp_path / 'made' / 'iter_5.pth', config=PRETRAIN)
+    state = model.state_dict()
+    if source == 'work_dir':
+        checkpoint = tmp_path / 'made'
+        (checkpoint / 'last_checkpoint').write_text(str(checkpoint / 'iter_5.pth'))
+    elif source == 'deepspeed_folder':
+        checkpoint = tmp_path / 'iter_5.pth'
+        (checkpoint / 'checkpoint').mkdir(parents=True)
+        torch.save({'module': state}, checkpoint / 'checkpoint' / 'mp_rank_00_model_states.pt')
+    else:
+        checkpoint = tmp_path / 'iter_2181.pth'
+        torch.save({'state_dict': {k.replace('projector.', 'projector.model.'): v for k, v in state.items()}},
+                   checkpoint)
+    out = tmp_path / 'out'
+    assert convert(PRETRAIN, checkpoint, out, tiny_zoo, '--fp32') == 0
+    assert sorted(p.name for p in out.iterdir()) == ['projector', 'xtuner_config.py']
+    with safe_open(str(out / 'projector' / 'model.safetensors'), framework='pt') as f:
+        assert torch.equal(f.get_tensor('model.0.weight'), state['projector.0.weight'])
+
+
+def test_inner_deepspeed_file_is_a_clear_error(tiny_zoo, tmp_path, capsys):
+    inner = tmp_path / 'iter_1200.pth' / 'mp_rank_00_model_states.pt'
+    inner.parent.mkdir()
+    torch.save({'module': {}}, inner)
+    assert convert(FINETUNE, inner, tmp_path / 'out', tiny_zoo) == 1
+    assert capsys.readouterr().err == (
+        f'mmllava convert: error: {inner} is one file of a DeepSpeed checkpoint; pass the checkpoint folder '
+        f'that holds it instead: {tmp_path / "iter_1200.pth"}\n')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_missing_checkpoint_is_a_clear_error(tiny_zoo, tmp_path, capsys):
+    assert convert(FINETUNE, tmp_path / 'iter_9.pth', tmp_path / 'out', tiny_zoo) == 1
+    assert capsys.readouterr().err == f'mmllava convert: error: checkpoint not found: {tmp_path / "iter_9.pth"}\n'
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tiny_zoo, tmp_path, capsys):
+    torch.save({'state_dict': {'projector.0.weight': torch.zeros(3, 3)}}, tmp_path / 'iter_1.pth')
+    assert convert(PRETRAIN, tmp_path / 'iter_1.pth', tmp_path / 'out', tiny_zoo) == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # after transformers' loading progress bars
+    assert last == (f'mmllava convert: error: checkpoint {tmp_path / "iter_1.pth"}: does not match this model; '
+                    "missing keys: ['projector.0.bias', 'projector.2.bias', 'projector.2.weight']; "
+                    'unexpected keys: none')
