@@ -14,6 +14,12 @@ VERBS = {
     'chat': ('chat', 'chat with a model (text, or an image with --image)'),
     'build': ('build', 'build an untrained LLaVA folder from an LLM and a vision encoder'),
     'train': ('train', 'train from a config (optionally with DeepSpeed ZeRO)'),
+    'data': ('data', 'prepare data files: repeat a data set N times, convert FoodieQA'),
+    'check-dataset': ('check_dataset', "check a config's training data: counts, bad samples, images, lengths"),
+    'log-dataset': ('log_dataset', "print a config's training samples as the model sees them"),
+    'eval': ('eval', 'evaluate a model on a data file (exact-match / multiple-choice accuracy)'),
+    'demo': ('demo', 'a web page to chat with a model about images (Gradio)'),
+    'serve': ('serve', 'an OpenAI-compatible HTTP API for a model (/v1/chat/completions)'),
 }
 
 

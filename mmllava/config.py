@@ -166,3 +166,17 @@ def build(cfg: Any) -> Any:
         return cfg
     kwargs = {k: build(v) for k, v in cfg.items() if k != 'type'}
     return _resolve_type(cfg['type'])(**kwargs)
+
+
+def with_config_hint(cfg, error: MMLLaVAError) -> MMLLaVAError:
+    """``error`` with ``(edit VAR in CONFIG)`` appended when it is about the value of a top-level
+    config variable: a path that does not exist (``llm_name_or_path``, ``data_path``...) or a
+    message that starts with the variable's name (``max_length: ...``)."""
+    message = str(error)
+    named = [key for key, value in cfg.items() if isinstance(value, str) and len(value) > 2
+             and (f'{value} does not exist' in message or f'not found: {value}' in message)]
+    named.sort(key=lambda key: -len(cfg[key]))  # the most specific path: data_path over data_root
+    named += [key for key in cfg.keys() if message.startswith(f'{key}: ')]
+    if not named:
+        return error
+    return MMLLaVAError(f'{message} (edit {named[0]} in {cfg.filename})')

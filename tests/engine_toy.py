@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -154,12 +156,18 @@ def write_toy_config(folder: Path, *, num_samples: int = 24, batch_size: int = 4
     return path
 
 
-def train_env() -> dict:
+def train_env(**extra: str) -> dict:
     """Environment for ``mmllava train`` subprocesses that import ``engine_toy``."""
-    env = dict(os.environ)
+    env = dict(os.environ, **extra)
     env['PYTHONPATH'] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get('PYTHONPATH')) if p)
     env.setdefault('OMP_NUM_THREADS', '1')
     return env
+
+
+def run_train(*args, cwd, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``mmllava train ARGS`` in a subprocess (``train_env()`` unless ``env`` is given)."""
+    return subprocess.run([sys.executable, '-m', 'mmllava.cli', 'train', *map(str, args)], cwd=cwd,
+                          env=env or train_env(), capture_output=True, text=True, timeout=300)
 
 
 def read_losses(work_dir: Path, rank: int = 0) -> list[list[float]]:

@@ -69,6 +69,8 @@ def test_crash_while_saving_keeps_last_checkpoint_loadable(tmp_path, monkeypatch
     assert last == str(work_dir / 'iter_4.pth')
     assert load_checkpoint_file(last)['meta']['iter'] == 4
     assert not (work_dir / 'iter_8.pth').exists()
+    with pytest.raises(MMLLaVAError, match='not a readable checkpoint'):  # the torn temporary file
+        safe_torch_load(work_dir / '.iter_8.pth.tmp')
 
     monkeypatch.setattr(LocalBackend, 'put', real_put)
     assert main(['train', str(config), '--work-dir', str(work_dir), '--resume']) == 0

@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | ``LLM --llava XTUNER_EXPORT [--visual-encoder VE]`` | ``llava`` | an ``LLaVAModel`` splices projected features at ``IMAGE_TOKEN_INDEX`` positions |
 | ``HF_EXPORT`` (a ``LlavaForConditionalGeneration`` folder) | ``hf_llava`` | transformers' own model, ``<image>`` id x ``image_seq_length`` |
+| ``INTERNVL_DIR`` (an official InternVL folder or export) | ``internvl`` | an ``InternVLModel``; each image is tiled, ``<img>`` + positions + ``</img>`` (``mmllava.chat.internvl``) |
 | ``LLM`` | ``llm`` | text only |
 
 Every kind shares the prompt path: our template renders the conversation, ``<image>`` becomes the
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -24,6 +25,9 @@ from mmllava.errors import MMLLaVAError
 from mmllava.templates import TEMPLATES, PromptTemplate, get_template
 
 TORCH_DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+# Kinds whose model is one of ours: it splices image features into the embeddings, so generate()
+# returns only the new tokens.
+OUR_MODEL_KINDS = ('llava', 'internvl')
 
 
 @dataclass
@@ -45,7 +49,7 @@ class ChatModel:
     @property
     def device(self) -> torch.device:
         """Where inputs must go (the input embeddings' device)."""
-        model = self.model.llm if self.kind == 'llava' else self.model
+        model = self.model.llm if self.kind in OUR_MODEL_KINDS else self.model
         return model.get_input_embeddings().weight.device
 
     def pixel_values(self, image) -> torch.Tensor:
@@ -55,8 +59,9 @@ class ChatModel:
         vision = self.model.visual_encoder if self.kind == 'llava' else self.model.model.vision_tower
         return self.image_processor(image)[None].to(self.device, next(vision.parameters()).dtype)
 
-    def prompt_ids(self, text: str) -> torch.Tensor:
-        """``[1, L]`` ids of a rendered prompt: BOS if the template wants it, ``<image>`` -> image positions."""
+    def prompt_ids(self, text: str, images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """``[1, L]`` ids of a rendered prompt: BOS if the template wants it, ``<image>`` -> image positions.
+        ``images`` are the conversation's ``pixel_values`` in order (used where they set the token count)."""
         from mmllava.data.encode import bos_ids, tokenize_with_images
 
         ids = bos_ids(self.tokenizer, self.template) + tokenize_with_images(text, self.tokenizer, self.num_image_tokens)
@@ -66,13 +71,13 @@ class ChatModel:
 
     def prompt_length_in_output(self, input_ids: torch.Tensor) -> int:
         """How many prompt ids ``generate`` returns before the new ones (none from embeddings)."""
-        return 0 if self.kind == 'llava' else input_ids.shape[1]
+        return 0 if self.kind in OUR_MODEL_KINDS else input_ids.shape[1]
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **kwargs) -> list[int]:
         """New token ids for the prompt ``input_ids`` (images in order in ``pixel_values``)."""
         mask = torch.ones_like(input_ids)
-        if self.kind == 'llava':
+        if self.kind in OUR_MODEL_KINDS:
             out = self.model.generate(input_ids, pixel_values=pixel_values, attention_mask=mask, **kwargs)
         elif self.kind == 'hf_llava':
             out = self.model.generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=mask, **kwargs)
@@ -108,7 +113,7 @@ def _with_adapter(model, adapter: Path):
     """``model`` with the PEFT adapter in ``adapter`` applied (merged unless the model is quantised)."""
     from peft import PeftModel
 
-    from mmllava.models.llava import is_quantized
+    from mmllava.models.lora import is_quantized
 
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter))
@@ -202,6 +207,10 @@ def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = 
                                    quantization)
     elif model_type == 'llava':
         chat = _load_hf_llava(path, prompt_template, dtype, quantization, device)
+    elif model_type == 'internvl_chat':
+        from mmllava.chat.internvl import load_internvl_chat
+
+        chat = load_internvl_chat(path, prompt_template, dtype, quantization)
     elif str(model_type).startswith('llava_'):
         raise MMLLaVAError(f'{path}: the original LLaVA layout ({model_type}) cannot be chatted with here; '
                            'convert with --save-format huggingface or xtuner')

@@ -41,6 +41,16 @@ class GenerationSettings:
                 'top_k': self.top_k or None}
 
 
+@dataclass
+class Usage:
+    """Token counts of the last answer (OpenAI's ``usage``) and why it ended: ``stop`` (EOS or a stop
+    word) or ``length`` (``max_new_tokens`` reached)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
 def end_token_ids(chat_model: ChatModel) -> list[int]:
     """Ids that end generation: the tokenizer's and generation config's EOS and single-token stop words."""
     tokenizer = chat_model.tokenizer
@@ -73,22 +83,19 @@ class ChatSession:
         self.seed = seed
         self.turns: list[str] = []
         self.images: list[torch.Tensor] = []
+        self.usage: Usage | None = None
 
     def reset(self) -> None:
         """Forget the conversation (history and images)."""
         self.turns, self.images = [], []
 
     def ask(self, text: str, image=None, stream_callback: Callable[[str], None] | None = None) -> str:
-        """Answer ``text`` (with an optional PIL ``image``); ``stream_callback`` gets the answer
-        piece by piece while it is generated. Returns the whole answer (stop words removed)."""
-        if DEFAULT_IMAGE_TOKEN in text:
-            raise MMLLaVAError(f'{DEFAULT_IMAGE_TOKEN} in a message: pass images with the image argument')
-        images = self.images
-        if image is not None:
-            images = [*images, self.chat_model.pixel_values(image)]
-            text = f'{DEFAULT_IMAGE_TOKEN}\n{text}'
-        turns = [*self.turns, text]
-        input_ids = self.chat_model.prompt_ids(render_prompt(self.chat_model.template, turns, self.system))
+        """Answer ``text`` (with an optional PIL ``image``, or a list of them); ``stream_callback`` gets
+        the answer piece by piece while it is generated. Returns the whole answer (stop words removed);
+        ``self.usage`` then holds its token counts."""
+        turn, images = self._user_turn(text, image)
+        turns = [*self.turns, turn]
+        input_ids = self.chat_model.prompt_ids(render_prompt(self.chat_model.template, turns, self.system), images)
         stop_ids = end_token_ids(self.chat_model)
         streamer = StopWordStreamer(self.chat_model.tokenizer, self.chat_model.template.stop_words,
                                     self.chat_model.prompt_length_in_output(input_ids), stream_callback, stop_ids)
@@ -100,5 +107,23 @@ class ChatSession:
             pad_token_id=pad_id if pad_id is not None else stop_ids[0], stopping_criteria=[streamer],
             **self.settings.generate_kwargs())
         answer = streamer.finish(new_ids)
+        ended = streamer.stopped or bool(new_ids) and new_ids[-1] in stop_ids
+        self.usage = Usage(input_ids.shape[1], len(new_ids),
+                           'length' if len(new_ids) >= self.settings.max_new_tokens and not ended else 'stop')
         self.turns, self.images = [*turns, answer], images
         return answer
+
+    def remember(self, text: str, answer: str, image=None) -> None:
+        """Add a past exchange (the user's ``text`` with its ``image``(s), and the ``answer``) to the
+        history without generating: replaying a conversation kept elsewhere, as an API request does."""
+        turn, self.images = self._user_turn(text, image)
+        self.turns = [*self.turns, turn, answer]
+
+    def _user_turn(self, text: str, image) -> tuple[str, list[torch.Tensor]]:
+        """The user turn as the template sees it (one ``<image>`` line per image, before the text) and
+        all the conversation's pixel values with this turn's appended."""
+        if DEFAULT_IMAGE_TOKEN in text:
+            raise MMLLaVAError(f'{DEFAULT_IMAGE_TOKEN} in a message: pass images with the image argument')
+        new = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
+        pixels = [self.chat_model.pixel_values(img) for img in new]
+        return f'{DEFAULT_IMAGE_TOKEN}\n' * len(new) + text, [*self.images, *pixels]

@@ -50,6 +50,7 @@ class StopWordStreamer(StoppingCriteria):
         self.skip_ids = set(skip_ids)
         self.shown = 0
         self.text = ''
+        self.stopped = False  # whether a stop word ended the answer
 
     def decode(self, ids: Sequence[int]) -> tuple[str, bool]:
         """The answer text of generated ``ids`` (skipped ids removed, cut at the first stop word)
@@ -64,7 +65,7 @@ class StopWordStreamer(StoppingCriteria):
 
     def finish(self, ids: Sequence[int]) -> str:
         """Emit what was held back and return the final answer for the generated ``ids``."""
-        self.text = self.decode(ids)[0]
+        self.text, self.stopped = self.decode(ids)
         self._emit(len(self.text))
         return self.text
 

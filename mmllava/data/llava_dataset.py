@@ -1,12 +1,15 @@
 """``LLaVADataset``: LLaVA-format JSON/JSONL, tokenised up front, images loaded lazily.
 
-Every sample is validated and encoded when the dataset is built, so bad data fails before
-training starts, with ``FILE:INDEX: reason``; ``skip_bad_samples=True`` skips such samples and
-records them in ``dataset.skipped`` instead (never a silent drop).
+Every sample is validated and encoded when the dataset is built (image files: their header), so
+bad data fails before training starts, with ``FILE:INDEX: reason``; ``skip_bad_samples=True`` skips
+such samples, records them in ``dataset.skipped`` and logs how many and why (never a silent drop).
+Damage past an image's header (a truncated file) shows when the image is loaded, as
+``FILE:INDEX: reason`` too; ``mmllava check-dataset`` verifies every image in full beforehand.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import torch
 from mmllava.config import build
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.data.encode import encode_conversation
-from mmllava.data.image import expand2square, load_image, resolve_image_path
+from mmllava.data.image import check_image, expand2square, load_image, resolve_image_path
 from mmllava.errors import MMLLaVAError
 from mmllava.templates import PromptTemplate, get_template
 
@@ -24,11 +27,14 @@ from mmllava.templates import PromptTemplate, get_template
 def read_samples(data_path: str | os.PathLike) -> list[Any]:
     """Read a JSON list or a JSONL file (one object a line; ``.jsonl`` suffix or not a JSON list).
 
-    Syntax errors raise ``MMLLaVAError('FILE:LINE:COL: invalid JSON: ...')``.
+    Syntax errors raise ``MMLLaVAError('FILE:LINE:COL: invalid JSON: ...')``; a JSON document that
+    is not a list (say ``{"data": [...]}`` over several lines) is refused as such, not misread as JSONL.
     """
     path = Path(data_path)
     try:
         text = path.read_text(encoding='utf-8-sig')  # tolerate a byte-order mark
+    except FileNotFoundError:
+        raise MMLLaVAError(f'data file not found: {path}') from None
     except (OSError, UnicodeDecodeError) as e:
         raise MMLLaVAError(f'{path}: cannot read data file: {e}') from None
     if path.suffix != '.jsonl' and text.lstrip().startswith('['):
@@ -37,6 +43,8 @@ def read_samples(data_path: str | os.PathLike) -> list[Any]:
         except json.JSONDecodeError as e:
             raise MMLLaVAError(f'{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}') from None
         return samples
+    if path.suffix != '.jsonl':
+        _refuse_non_list_document(path, text)
     samples = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -46,6 +54,31 @@ def read_samples(data_path: str | os.PathLike) -> list[Any]:
         except json.JSONDecodeError as e:
             raise MMLLaVAError(f'{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}') from None
     return samples
+
+
+def _refuse_non_list_document(path: Path, text: str) -> None:
+    """Raise when ``text`` is one JSON document other than a one-line object (= one-sample JSONL)."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return  # several lines of JSONL, or a syntax error the JSONL reader reports by line
+    if isinstance(document, dict) and len(text.strip().splitlines()) == 1:
+        return
+    kind = {dict: 'an object', str: 'a string'}.get(type(document), f'a {type(document).__name__}')
+    raise MMLLaVAError(f'{path}: the top level is {kind}; expected a JSON list of samples '
+                       '(or JSONL: one sample object a line)')
+
+
+def summarize_skipped(skipped: list[tuple[int, str]], limit: int = 3) -> str:
+    """``skipped`` (index, reason) pairs as one line: the most common reasons with their counts."""
+    counts: dict[str, list[int]] = {}
+    for index, reason in skipped:
+        counts.setdefault(reason, []).append(index)
+    ranked = sorted(counts.items(), key=lambda item: -len(item[1]))
+    parts = [f'{len(indices)} x [{reason}] (first at index {indices[0]})' for reason, indices in ranked[:limit]]
+    if len(ranked) > limit:
+        parts.append(f'{len(ranked) - limit} other reasons')
+    return '; '.join(parts)
 
 
 class LLaVADataset(torch.utils.data.Dataset):
@@ -61,6 +94,8 @@ class LLaVADataset(torch.utils.data.Dataset):
     def __init__(self, data_path: str | os.PathLike, image_folder: str | os.PathLike | None, tokenizer,
                  image_processor, template: str | PromptTemplate, max_length: int,
                  pad_image_to_square: bool = False, system: str | None = None, skip_bad_samples: bool = False):
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise MMLLaVAError(f'max_length: expected a positive integer, got {max_length!r}')
         self.data_path = Path(data_path)
         self.image_folder = None if image_folder is None else Path(image_folder)
         self.tokenizer = build(tokenizer)
@@ -74,16 +109,25 @@ class LLaVADataset(torch.utils.data.Dataset):
         self.samples: list[dict] = []
         for index, raw in enumerate(read_samples(self.data_path)):
             try:
-                self.samples.append(self._prepare(raw))
+                self.samples.append({**self.prepare_sample(raw), 'index': index})
             except MMLLaVAError as e:
                 if not skip_bad_samples:
                     raise MMLLaVAError(f'{self.data_path}:{index}: {e}') from None
                 self.skipped.append((index, str(e)))
         if not self.samples:
-            raise MMLLaVAError(f'{self.data_path}: no usable samples ({len(self.skipped)} skipped)')
+            raise MMLLaVAError(f'{self.data_path}: no usable samples ({len(self.skipped)} skipped): '
+                               + summarize_skipped(self.skipped))
+        if self.skipped:
+            from mmengine.logging import print_log
 
-    def _prepare(self, raw: Any) -> dict:
-        """Validate one raw sample and encode it; ``MMLLaVAError`` gives the reason."""
+            # Skipping is never silent: the count and the reasons go to the console and the run's log.
+            print_log(f'{self.data_path}: skipped {len(self.skipped)} of {len(self.skipped) + len(self.samples)} '
+                      f'samples (skip_bad_samples=True): {summarize_skipped(self.skipped)}',
+                      logger='current', level=logging.WARNING)
+
+    def prepare_sample(self, raw: Any, max_length: int | None = None) -> dict:
+        """Validate one raw sample and encode it (``max_length`` overrides the dataset's, e.g. to
+        measure a sample's untruncated length); ``MMLLaVAError`` gives the reason."""
         if not isinstance(raw, dict) or 'conversations' not in raw:
             raise MMLLaVAError('a sample must be an object with "conversations"')
         image = raw.get('image')
@@ -98,19 +142,23 @@ class LLaVADataset(torch.utils.data.Dataset):
         num_image_tokens = 0
         if image is not None:
             path = self._image_path(image)
-            if not path.is_file():
-                raise MMLLaVAError(f'image file not found: {path}')
+            check_image(path)  # the header only: a missing, non-image or oversized file fails here
             if placeholders == 0:
                 conversations = _prepend_placeholder(conversations)
             elif placeholders != 1:
                 raise MMLLaVAError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholders for 1 image')
-            num_image_tokens = self.image_processor.num_image_tokens
+            num_image_tokens = self._num_image_tokens(path)
         elif placeholders:
             raise MMLLaVAError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholder(s) but the sample has no "image"')
         encoded = encode_conversation(conversations, self.tokenizer, self.template, num_image_tokens,
-                                      self.max_length, self.system)
+                                      max_length or self.max_length, self.system)
         encoded['image'] = image
         return encoded
+
+    def _num_image_tokens(self, path: Path) -> int:
+        """Sequence positions the image at ``path`` takes (fixed for a CLIP-style tower; InternVL's
+        dynamic tiling makes it depend on the image's size)."""
+        return self.image_processor.num_image_tokens
 
     def _image_path(self, image: str) -> Path:
         if self.image_processor is None:
@@ -126,7 +174,10 @@ class LLaVADataset(torch.utils.data.Dataset):
         sample = self.samples[index]
         pixel_values = None
         if sample['image'] is not None:
-            image = load_image(sample['image'], self.image_folder)
+            try:
+                image = load_image(sample['image'], self.image_folder)
+            except MMLLaVAError as e:  # damage past the header shows only now
+                raise MMLLaVAError(f'{self.data_path}:{sample["index"]}: {e}') from None
             if self.pad_image_to_square:
                 image = expand2square(image, self.image_processor.background_rgb)
             pixel_values = self.image_processor(image)

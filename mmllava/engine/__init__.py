@@ -10,7 +10,7 @@ not import mmengine or DeepSpeed.
 """
 import importlib
 
-_EXPORTS = {'CheckpointHook': 'checkpoint', 'DatasetInfoHook': 'hooks', 'EvaluateChatHook': 'hooks',
+_EXPORTS = {'CheckpointHook': 'checkpoint_hook', 'DatasetInfoHook': 'hooks', 'EvaluateChatHook': 'hooks',
             'ThroughputHook': 'hooks', 'TrainLoop': 'loops'}
 
 __all__ = sorted(_EXPORTS)

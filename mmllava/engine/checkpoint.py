@@ -1,4 +1,5 @@
-"""Checkpoint files: loaded without unrestricted unpickling, written atomically.
+"""Checkpoint files: loaded without unrestricted unpickling, written atomically (light imports:
+converters and chat load checkpoints through here).
 
 Loading: ``torch.load(weights_only=True)`` with an allow-list of exactly the non-tensor objects
 mmengine and DeepSpeed checkpoints hold (numpy arrays and scalars in the message hub, DeepSpeed's
@@ -7,20 +8,20 @@ bound methods through ``getattr``; those two names are mapped to inert stand-ins
 are rebuilt from their plain state, so no attribute lookup or constructor of the file's choosing
 ever runs. Anything else raises ``MMLLaVAError`` naming the refused globals.
 
-Writing: ``CheckpointHook`` (a drop-in for mmengine's) saves to a hidden temporary name in the
-same folder, fsyncs it, renames it into place, and only then rewrites ``last_checkpoint``
-(itself atomically) and deletes checkpoints beyond ``max_keep_ckpts``. A crash at any point
-leaves ``last_checkpoint`` naming a complete checkpoint.
+Writing: ``commit`` makes a fully written temporary file or folder durable and renames it into
+place; ``write_text_atomic`` replaces a small text file. ``checkpoint_hook.CheckpointHook``
+builds crash-safe saving from them.
 """
 from __future__ import annotations
 
 import os
 import os.path as osp
+import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import torch
-from mmengine.hooks import CheckpointHook as _MMEngineCheckpointHook
 
 from mmllava.errors import MMLLaVAError
 
@@ -47,22 +48,20 @@ def _allowed_globals() -> list:
                                                       'BoolDType', 'UInt32DType') if hasattr(np, 'dtypes')]
     for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):  # numpy 2 and numpy 1 pickles
         allowed += [(multiarray._reconstruct, f'{module}._reconstruct'), (multiarray.scalar, f'{module}.scalar')]
-    try:  # what DeepSpeed's ZeRO optimizer files pickle
+    if 'deepspeed' in sys.modules:  # DeepSpeed reading its ZeRO optimizer files (importing it costs seconds)
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
         from deepspeed.utils.tensor_fragment import fragment_address
 
         allowed += [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-    except ImportError:
-        pass
     return allowed
 
 
 def _restore_history_buffers(obj):
     """Replace unpickled ``_HistoryBufferState`` stand-ins by real ``HistoryBuffer`` objects."""
-    from mmengine.logging import HistoryBuffer
-
     if isinstance(obj, _HistoryBufferState):
+        from mmengine.logging import HistoryBuffer
+
         state = vars(obj)
         return HistoryBuffer(list(state.get('_log_history', [])), list(state.get('_count_history', [])),
                              int(state.get('max_length', 1000000)))
@@ -95,10 +94,11 @@ def safe_torch_load(path: str | os.PathLike, map_location='cpu'):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise MMLLaVAError(f'{path}: checkpoint not found') from None
-    except Exception as e:  # UnpicklingError and the RuntimeErrors torch wraps it in
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        first_line = (str(e).splitlines() or [type(e).__name__])[0]
         if 'weights_only' not in str(e) and 'Unsupported global' not in str(e):
-            raise
-        refused = ', '.join(_refused_globals(path)) or str(e).splitlines()[0]
+            raise MMLLaVAError(f'{path}: not a readable checkpoint (truncated or corrupt?): {first_line}') from None
+        refused = ', '.join(_refused_globals(path)) or first_line
         raise MMLLaVAError(
             f'{path}: refusing to load: it pickles Python objects outside the allow-list ({refused}); '
             'mmllava only unpickles tensors, plain data and the state its own checkpoints hold. If you '
@@ -177,52 +177,3 @@ def write_text_atomic(path: str, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(osp.dirname(osp.abspath(path)))
-
-
-class CheckpointHook(_MMEngineCheckpointHook):
-    """mmengine's ``CheckpointHook`` (same arguments) with crash-safe saving.
-
-    Per save: write ``.iter_N.pth.tmp`` -> fsync -> rename to ``iter_N.pth`` -> rewrite
-    ``last_checkpoint`` -> delete checkpoints beyond ``max_keep_ckpts``. (mmengine deletes the
-    oldest checkpoint first and truncates ``last_checkpoint`` in place, so a crash mid-save can
-    leave it pointing at nothing.) The RNG state is stored with the checkpoint (message hub
-    ``rng_state``) so ``TrainLoop`` can resume bit-exactly. Remote ``out_dir``s fall back to mmengine.
-    """
-
-    def _save_checkpoint_with_step(self, runner, step, meta):
-        from mmengine.dist import barrier, is_main_process
-        from mmengine.fileio import LocalBackend
-
-        from mmllava.engine.resume import get_rng_state
-
-        if not isinstance(self.file_backend, LocalBackend):
-            return super()._save_checkpoint_with_step(runner, step, meta)
-        filename = self.filename_tmpl.format(step)
-        final_path = osp.join(self.out_dir, filename)
-        tmp_name = f'.{filename}.tmp'
-        tmp_path = osp.join(self.out_dir, tmp_name)
-
-        outdated = []
-        if self.max_keep_ckpts > 0 and (not self.keep_ckpt_ids or self.keep_ckpt_ids[-1] != step):
-            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
-                outdated.append(self.keep_ckpt_ids[0])
-            self.keep_ckpt_ids.append(step)  # a deque with maxlen: drops the oldest id
-            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
-        self.last_ckpt = final_path
-        runner.message_hub.update_info('last_ckpt', final_path)
-        runner.message_hub.update_info('rng_state', get_rng_state())
-
-        if is_main_process():
-            os.makedirs(self.out_dir, exist_ok=True)
-            remove_path(tmp_path)  # left by a crash during an earlier save
-        barrier()
-        runner.save_checkpoint(self.out_dir, tmp_name, self.file_client_args, save_optimizer=self.save_optimizer,
-                               save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
-                               backend_args=self.backend_args, **self.args)
-        barrier()  # every rank's DeepSpeed shard is written
-        if not is_main_process():
-            return
-        commit(tmp_path, final_path)
-        write_text_atomic(osp.join(runner.work_dir, LAST_CHECKPOINT), final_path)
-        for old_step in outdated:
-            remove_path(osp.join(self.out_dir, self.filename_tmpl.format(old_step)))

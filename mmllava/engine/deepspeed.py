@@ -114,7 +114,6 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
 
     def resume(self, filename, *, resume_optimizer=True, resume_param_scheduler=True, map_location='default',
                callback=None):
-        _require_deepspeed_folder(filename, 'resume')
         checkpoint = super().resume(filename, resume_optimizer=resume_optimizer,
                                     resume_param_scheduler=resume_param_scheduler)
         if callback is not None:
@@ -136,12 +135,6 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
         if callback is not None:
             callback(checkpoint)
         return checkpoint
-
-
-def _require_deepspeed_folder(filename: str, action: str) -> None:
-    if not os.path.isdir(filename):
-        raise MMLLaVAError(f'{filename}: cannot {action} a --deepspeed run from it: not a DeepSpeed checkpoint '
-                           'folder (a checkpoint written without --deepspeed resumes only without it)')
 
 
 class SafeTorchCheckpointEngine(TorchCheckpointEngine):

@@ -94,7 +94,7 @@ class EvaluateChatHook(Hook):
         self.template = prompt_template
         self.every_n_iters = every_n_iters
         self.generation_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, **(generation_kwargs or {}))
-        self._last_evaluated_iter = None
+        self._evaluated_at = None  # iterations completed at the last evaluation
 
     def _stop_token_ids(self) -> list[int]:
         from mmllava.templates import get_template
@@ -118,8 +118,8 @@ class EvaluateChatHook(Hook):
         return bos_ids(self.tokenizer, template) + tokenize_with_images(prompt, self.tokenizer, num_image_tokens)
 
     @torch.no_grad()
-    def evaluate(self, runner, when: str) -> None:
-        """Generate every answer and log them under the heading ``when``."""
+    def evaluate(self, runner, step: int, when: str) -> None:
+        """Generate every answer and log them under ``when``; ``step`` = iterations completed."""
         from mmllava.data.image import load_image
 
         model = _unwrap(runner.model)
@@ -141,18 +141,18 @@ class EvaluateChatHook(Hook):
                 lines.append(f'[{image_path or "no image"}] {text!r} -> {answer!r}')
         runner.logger.info('\n'.join(lines))
         model.train(was_training)
-        self._last_evaluated_iter = runner.iter
+        self._evaluated_at = step
 
     def before_train(self, runner) -> None:
-        self.evaluate(runner, 'before training')
+        self.evaluate(runner, runner.iter, 'before training')
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         if self.every_n_iters and self.every_n_train_iters(runner, self.every_n_iters):
-            self.evaluate(runner, f'iteration {runner.iter + 1}')
+            self.evaluate(runner, runner.iter + 1, f'iteration {runner.iter + 1}')
 
     def after_train(self, runner) -> None:
-        if self._last_evaluated_iter != runner.iter:
-            self.evaluate(runner, 'after training')
+        if self._evaluated_at != runner.iter:
+            self.evaluate(runner, runner.iter, 'after training')
 
 
 def _non_padding_tokens(data_batch) -> int | None:

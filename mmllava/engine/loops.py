@@ -3,8 +3,9 @@
 Differences from mmengine's ``IterBasedTrainLoop`` (which XTuner's ``TrainLoop`` extends):
 a resumed run starts mid-epoch by skipping sampler indices (no batch is loaded to be thrown
 away) and restores the RNG saved with the checkpoint, so its losses equal the uninterrupted
-run's; no 2 s sleep at every epoch boundary; ``runner.epoch`` counts real passes over the data;
-logged scalars are averaged over ranks.
+run's; no 2 s sleep at every epoch boundary; ``runner.epoch`` counts real passes over the data
+and the epoch hooks run around each pass (epoch-based schedulers and checkpoints work); logged
+scalars are averaged over ranks.
 """
 from __future__ import annotations
 
@@ -71,14 +72,21 @@ class TrainLoop(BaseLoop):
         return self._iter
 
     def run(self):
-        """Run ``before_train`` hooks, the iterations left, then ``after_train`` hooks."""
+        """Train the iterations left: ``before/after_train_epoch`` hooks around each pass over the
+        data (a resumed or a last, cut-short pass included), ``before/after_train`` around all."""
         self.runner.call_hook('before_train')
-        batches = self._batches()
-        self.runner.call_hook('before_train_epoch')
+        resuming = self._iter > 0
         while self._iter < self._max_iters and not self.stop_training:
-            self.runner.model.train()
-            self.run_iter(next(batches))
-        self.runner.call_hook('after_train_epoch')
+            self._epoch = self._iter // len(self.dataloader)
+            self.runner.call_hook('before_train_epoch')
+            for data_batch in self._epoch_batches(resuming):
+                self.runner.model.train()
+                self.run_iter(data_batch)
+                if self._iter >= self._max_iters or self.stop_training:
+                    break
+            resuming = False
+            self.runner.call_hook('after_train_epoch')
+        self._epoch = self._iter // len(self.dataloader)
         self.runner.call_hook('after_train')
         return self.runner.model
 
@@ -90,17 +98,16 @@ class TrainLoop(BaseLoop):
         self.runner.call_hook('after_train_iter', batch_idx=self._iter, data_batch=data_batch, outputs=outputs)
         self._iter += 1
 
-    def _batches(self):
-        """Endless batches from the current position; a resumed position is reached by skipping
+    def _epoch_batches(self, resuming: bool):
+        """The batches left in the current epoch. Resuming, the position is reached by skipping
         sampler indices, then the checkpoint's RNG state is restored (see module doc)."""
         from mmengine.logging import print_log
 
-        epoch_length = len(self.dataloader)
-        self._epoch, offset = divmod(self._iter, epoch_length)
+        offset = self._iter % len(self.dataloader)
         sampler = getattr(self.dataloader, 'sampler', None)
-        rng_state = self.runner.message_hub.get_info('rng_state') if self._iter else None
-        if self._iter:
-            print_log(f'resuming at epoch {self._epoch}, batch {offset} of {epoch_length}', logger='current')
+        rng_state = self.runner.message_hub.get_info('rng_state') if resuming else None
+        if resuming:
+            print_log(f'resuming at epoch {self._epoch}, batch {offset} of {len(self.dataloader)}', logger='current')
             if isinstance(sampler, ResumableSampler):
                 sampler.reseed(self.runner.seed)
                 sampler.skip(offset * self.dataloader.batch_size)
@@ -115,11 +122,7 @@ class TrainLoop(BaseLoop):
                 next(iterator)
         if rng_state is not None and offset:
             set_rng_state(rng_state)  # mid-epoch: the uninterrupted run made no new iterator here
-        while True:
-            yield from iterator
-            self._epoch += 1
-            self._set_epoch(self._epoch)
-            iterator = iter(self.dataloader)
+        return iterator
 
     def _set_epoch(self, epoch: int) -> None:
         sampler = getattr(self.dataloader, 'sampler', None)

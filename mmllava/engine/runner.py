@@ -34,7 +34,7 @@ def _log(message: str, level: int = logging.INFO) -> None:
     print_log(message, logger='current', level=level)
 
 
-def _resolve_resume(cfg, resume) -> None:
+def _resolve_resume(cfg, resume, deepspeed: bool) -> None:
     """``resume``: None (keep the config's ``resume``/``load_from``), True (latest in the work
     dir) or a checkpoint path. Sets ``cfg.resume``/``cfg.load_from`` to an explicit checkpoint."""
     from mmengine.runner import find_latest_checkpoint
@@ -52,11 +52,16 @@ def _resolve_resume(cfg, resume) -> None:
         resume = latest
     if not os.path.exists(resume):
         raise MMLLaVAError(f'resume: checkpoint not found: {resume}')
+    if os.path.isdir(resume) != deepspeed:
+        # a plain runner would load a ZeRO folder's weights and silently skip its optimizer state
+        written, needed = ('with', 'without') if os.path.isdir(resume) else ('without', 'with')
+        raise MMLLaVAError(f'resume: {resume} was written {written} --deepspeed; resume it {written} --deepspeed '
+                           f'(to start a run {needed} it from its weights, set load_from and not resume)')
     cfg.resume, cfg.load_from = True, str(resume)
 
 
 def _checkpoint_hook(default_hooks) -> None:
-    from mmllava.engine.checkpoint import CheckpointHook
+    from mmllava.engine.checkpoint_hook import CheckpointHook
 
     hook = (default_hooks or {}).get('checkpoint')
     if isinstance(hook, dict) and _type_name(hook.get('type')) == 'CheckpointHook':
@@ -106,7 +111,7 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
                                       f'_{uuid.uuid4().hex[:8]}')
     if seed is not None:
         cfg.randomness = {**(cfg.get('randomness') or {}), 'seed': seed}
-    _resolve_resume(cfg, resume)
+    _resolve_resume(cfg, resume, deepspeed=bool(deepspeed))
     _checkpoint_hook(cfg.get('default_hooks'))
     _custom_hooks(cfg)
     _visualizer(cfg)

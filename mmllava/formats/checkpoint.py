@@ -28,6 +28,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+def _is_hf_llava_folder(folder: Path) -> bool:
+    """A transformers Llava folder (``mmllava build`` output or a huggingface export)."""
+    import json
+
+    config = folder / 'config.json'
+    return config.is_file() and json.loads(config.read_text(encoding='utf-8')).get('model_type') == 'llava'
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict:
     """Tensors of a checkpoint: ``state_dict``/``module`` of a training checkpoint, or the file itself.
 
@@ -36,6 +44,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
     import torch
 
     path = resolve_checkpoint(path)
+    if path.is_dir() and _is_hf_llava_folder(path):
+        from mmllava.formats.llava import read_hf_llava_projector
+
+        return read_hf_llava_projector(path)
     if path.is_dir():
         model_file = _deepspeed_model_file(path)
         if model_file is None:

@@ -1,3 +1,4 @@
+from mmllava.models.internvl import InternVLModel
 from mmllava.models.llava import LLaVAModel
 
-__all__ = ["LLaVAModel"]
+__all__ = ["InternVLModel", "LLaVAModel"]

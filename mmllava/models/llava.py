@@ -1,55 +1,22 @@
 """LLaVA: vision encoder -> projector -> LLM, every part a transformers-native module.
 
 Read top to bottom: construction (build parts, freeze, quantise, LoRA, load pretrained weights),
-image encoding and embedding splice, the training loss (logits only where a label is), generation,
-and the state dict that holds only what was trained.
+image encoding and the embedding splice. The training loss (logits only where a label is),
+generation and the trained-only state dict are shared with InternVL (``mmllava.models.base``).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-import torch.nn.functional as F
-from mmengine.model import BaseModel
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from mmllava.config import build
-from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mmllava.errors import MMLLaVAError
+from mmllava.models.base import MultimodalModel
+from mmllava.models.lora import GRADIENT_CHECKPOINTING_KWARGS, apply_lora, is_quantized, prepare_llm
 from mmllava.models.projector import Projector
 
 
-def find_linear_names(module: nn.Module, exclude: tuple[str, ...] = ('lm_head', 'output')) -> list[str]:
-    """Names (last component) of every Linear layer, for PEFT ``target_modules``.
-
-    bitsandbytes' ``Linear4bit``/``Linear8bitLt`` subclass ``nn.Linear``, so QLoRA is covered.
-    """
-    names = set()
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.Linear):
-            leaf = name.rsplit('.', 1)[-1]
-            if leaf not in exclude:
-                names.add(leaf)
-    return sorted(names)
-
-
-def apply_lora(module: nn.Module, lora_cfg: Any, exclude: tuple[str, ...] = ('lm_head', 'output')):
-    """Wrap ``module`` with PEFT LoRA; ``target_modules=None`` means every Linear layer."""
-    from peft import get_peft_model
-
-    lora_config = build(lora_cfg)
-    if lora_config.target_modules is None:
-        lora_config.target_modules = find_linear_names(module, exclude)
-    return get_peft_model(module, lora_config)
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """Whether the model was loaded with bitsandbytes (4- or 8-bit) quantisation."""
-    return bool(getattr(model, 'is_loaded_in_4bit', False) or getattr(model, 'is_loaded_in_8bit', False))
-
-
-class LLaVAModel(BaseModel):
+class LLaVAModel(MultimodalModel):
     """LLaVA for training with mmengine.
 
     Args:
@@ -87,17 +54,10 @@ class LLaVAModel(BaseModel):
         if freeze_visual_encoder:
             self.visual_encoder.requires_grad_(False)
 
-        gc_kwargs = {'use_reentrant': False}  # non-reentrant: works when no input requires grad
-        if is_quantized(self.llm):
-            from peft import prepare_model_for_kbit_training
-
-            self.llm = prepare_model_for_kbit_training(
-                self.llm, use_gradient_checkpointing=use_activation_checkpointing,
-                gradient_checkpointing_kwargs=gc_kwargs)
-        elif use_activation_checkpointing:
-            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        self.llm = prepare_llm(self.llm, use_activation_checkpointing)
         if use_activation_checkpointing and not freeze_visual_encoder:
-            self.visual_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+            self.visual_encoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS)
 
         self.use_llm_lora = llm_lora is not None
         self.use_visual_encoder_lora = visual_encoder_lora is not None
@@ -109,6 +69,13 @@ class LLaVAModel(BaseModel):
             self.load_pretrained(pretrained_pth)
 
     # ------------------------------------------------------------------ weights
+    def init_weights(self) -> None:
+        """Nothing to initialise: towers come from checkpoints, the projector from ``nn.Linear``.
+
+        mmengine's default walks every parameter to log its statistics, which fails on
+        bitsandbytes' uint8 NF4 storage (``mean(): could not infer output dtype ... Byte``).
+        """
+
     def load_pretrained(self, path: str) -> None:
         """Load a projector (and any of our trained weights) from ``path``; any format in
         ``mmllava.formats.llava``. Unknown keys are an error, never silently ignored."""
@@ -137,28 +104,7 @@ class LLaVAModel(BaseModel):
         """State-dict keys of the projector, in our naming."""
         return ['projector.' + k for k in self.projector.state_dict()]
 
-    def state_dict_all_names(self) -> set[str]:
-        """Every key of the full (unfiltered) state dict."""
-        return set(nn.Module.state_dict(self).keys())
-
-    def trainable_keys(self) -> set[str]:
-        """Names of the parameters that train (projector, LoRA adapters, unfrozen towers)."""
-        return {name for name, p in self.named_parameters() if p.requires_grad}
-
-    def state_dict(self, *args, **kwargs):
-        """Only what was trained: the checkpoint of a LoRA run is megabytes, not the whole LLM."""
-        trainable = self.trainable_keys()
-        full = nn.Module.state_dict(self, *args, **kwargs)
-        prefix = kwargs.get('prefix', '')
-        return type(full)((k, v) for k, v in full.items() if k[len(prefix):] in trainable)
-
-    # ------------------------------------------------------------------ embedding
-    @property
-    def _backbone(self) -> nn.Module:
-        """The LLM without its head (``LlamaModel``/``Qwen2Model``), through any PEFT wrapper."""
-        llm = self.llm.get_base_model() if hasattr(self.llm, 'get_base_model') else self.llm
-        return llm.model
-
+    # ------------------------------------------------------------------ images
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels [N, 3, H, W] -> projected features [N, patches, llm_hidden] (CLS dropped)."""
         vision_dtype = next(self.visual_encoder.parameters()).dtype
@@ -166,73 +112,8 @@ class LLaVAModel(BaseModel):
         features = out.hidden_states[self.visual_select_layer][:, 1:]
         return self.projector(features.to(self.projector[0].weight.dtype))
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings with the image positions (``IMAGE_TOKEN_INDEX``) replaced by image features."""
-        embed_tokens = self.llm.get_input_embeddings()
-        image_mask = input_ids == IMAGE_TOKEN_INDEX
-        embeds = embed_tokens(input_ids.masked_fill(image_mask, 0))
-        n_positions = int(image_mask.sum())
-        if pixel_values is None:
-            if n_positions:
-                raise MMLLaVAError(f'batch has {n_positions} image positions but no pixel_values')
-            return embeds
-        features = self.encode_images(pixel_values)
-        if features.shape[0] * features.shape[1] != n_positions:
-            raise MMLLaVAError(
-                f'image positions ({n_positions}) do not match image features '
-                f'({features.shape[0]} images x {features.shape[1]} tokens)')
-        return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
-
-    # ------------------------------------------------------------------ training
-    def forward(self, data: dict, data_samples=None, mode: str = 'loss'):
-        """mmengine entry point: ``mode='loss'`` -> ``{'loss': ...}``; ``'tensor'`` -> logits."""
-        input_ids = data['input_ids']
-        pixel_values = data.get('pixel_values')
-        embeds = self.embed(input_ids, pixel_values)
-        hidden = self._backbone(inputs_embeds=embeds, attention_mask=data.get('attention_mask'),
-                                position_ids=data.get('position_ids'), use_cache=False).last_hidden_state
-        if mode == 'tensor':
-            return self.llm.get_output_embeddings()(hidden)
-        if mode != 'loss':
-            raise NotImplementedError(f'LLaVAModel.forward: unsupported mode {mode!r}')
-        loss = self.labelled_loss(hidden, data['labels'])
-        if pixel_values is None and self.training:
-            loss = loss + self._unused_branch_zero()
-        return {'loss': loss}
-
-    def labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy, computing the LM head only at labelled positions.
-
-        Equal to ``CrossEntropy(lm_head(hidden)[:, :-1], labels[:, 1:])`` with ignore_index, but
-        image and prompt positions (most of a LLaVA sequence) never get logits.
-        """
-        shift_labels = labels[:, 1:]
-        selected = shift_labels != IGNORE_INDEX
-        h = hidden[:, :-1][selected]
-        y = shift_labels[selected]
-        count = y.numel()
-        lm_head = self.llm.get_output_embeddings()
-        if count == 0:
-            # Keeps the graph connected (distributed ranks must all reduce the same grads).
-            return hidden.sum() * 0.0
-
-        def chunk_loss(h_chunk, y_chunk):
-            return F.cross_entropy(lm_head(h_chunk).float(), y_chunk, reduction='sum')
-
-        if count <= self.loss_chunk_size or not torch.is_grad_enabled():
-            total = chunk_loss(h, y)
-        else:
-            total = sum(checkpoint(chunk_loss, h[i:i + self.loss_chunk_size], y[i:i + self.loss_chunk_size],
-                                   use_reentrant=False)
-                        for i in range(0, count, self.loss_chunk_size))
-        return total / count
-
     def _unused_branch_zero(self) -> torch.Tensor:
-        """0 x (projector / trained vision output) for text-only batches.
-
-        Every rank must produce gradients for the same parameters, or DDP/ZeRO wait forever when
-        one rank draws a text-only batch (a known multi-GPU hang).
-        """
+        """0 x (projector / trained vision output) for text-only batches (see the base class)."""
         weight = self.projector[0].weight
         zero = self.projector(weight.new_zeros(1, 1, weight.shape[1])).sum() * 0.0
         if any(p.requires_grad for p in self.visual_encoder.parameters()):
@@ -240,22 +121,3 @@ class LLaVAModel(BaseModel):
             dummy = weight.new_zeros(1, 3, size, size)
             zero = zero + self.encode_images(dummy).sum() * 0.0
         return zero
-
-    # ------------------------------------------------------------------ inference
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **generate_kwargs) -> torch.Tensor:
-        """Generate from a prompt with image positions; returns only the new token ids [B, T]."""
-        embeds = self.embed(input_ids, pixel_values)
-        if attention_mask is None:
-            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
-
-    def num_parameters(self) -> tuple[int, int]:
-        """(trainable, total) parameter counts (4-bit weights counted as stored elements x 2)."""
-        trainable = total = 0
-        for p in self.parameters():
-            n = p.numel() * (2 if p.dtype == torch.uint8 else 1)
-            total += n
-            trainable += n if p.requires_grad else 0
-        return trainable, total

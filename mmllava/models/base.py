@@ -1,0 +1,139 @@
+"""What every multimodal model of the package shares: the mmengine entry point, the training loss
+(logits only where a label is), generation from spliced embeddings, and a state dict that holds
+only what was trained.
+
+A subclass owns its parts and how pixels become features: it sets ``self.llm`` (a causal LM,
+maybe PEFT-wrapped) and ``self.loss_chunk_size``, and implements ``encode_images(pixel_values)``
+(``[N, tokens, llm_hidden]`` features, spliced in order at the ``IMAGE_TOKEN_INDEX`` positions)
+and ``_unused_branch_zero()``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmllava.errors import MMLLaVAError
+
+
+class MultimodalModel(BaseModel):
+    """Base of ``LLaVAModel`` and ``InternVLModel`` (see the module docstring for the contract)."""
+
+    llm: nn.Module
+    loss_chunk_size: int
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels -> projected features ``[N, tokens, llm_hidden]``."""
+        raise NotImplementedError
+
+    def _unused_branch_zero(self) -> torch.Tensor:
+        """0 x (the image branch's trained parameters), added to the loss of text-only batches.
+
+        Every rank must produce gradients for the same parameters, or DDP/ZeRO wait forever when
+        one rank draws a text-only batch (a known multi-GPU hang).
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ weights
+    def state_dict_all_names(self) -> set[str]:
+        """Every key of the full (unfiltered) state dict."""
+        return set(nn.Module.state_dict(self).keys())
+
+    def trainable_keys(self) -> set[str]:
+        """Names of the parameters that train (projector, LoRA adapters, unfrozen towers)."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def state_dict(self, *args, **kwargs):
+        """Only what was trained: the checkpoint of a LoRA run is megabytes, not the whole LLM."""
+        trainable = self.trainable_keys()
+        full = nn.Module.state_dict(self, *args, **kwargs)
+        prefix = kwargs.get('prefix', '')
+        return type(full)((k, v) for k, v in full.items() if k[len(prefix):] in trainable)
+
+    def num_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts (4-bit weights counted as stored elements x 2)."""
+        trainable = total = 0
+        for p in self.parameters():
+            n = p.numel() * (2 if p.dtype == torch.uint8 else 1)
+            total += n
+            trainable += n if p.requires_grad else 0
+        return trainable, total
+
+    # ------------------------------------------------------------------ training
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the image positions (``IMAGE_TOKEN_INDEX``) replaced by image features."""
+        embed_tokens = self.llm.get_input_embeddings()
+        image_mask = input_ids == IMAGE_TOKEN_INDEX
+        embeds = embed_tokens(input_ids.masked_fill(image_mask, 0))
+        n_positions = int(image_mask.sum())
+        if pixel_values is None:
+            if n_positions:
+                raise MMLLaVAError(f'batch has {n_positions} image positions but no pixel_values')
+            return embeds
+        features = self.encode_images(pixel_values)
+        if features.shape[0] * features.shape[1] != n_positions:
+            raise MMLLaVAError(
+                f'image positions ({n_positions}) do not match image features '
+                f'({features.shape[0]} images x {features.shape[1]} tokens)')
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
+
+    @property
+    def _backbone(self) -> nn.Module:
+        """The LLM without its head (``LlamaModel``/``Qwen2Model``), through any PEFT wrapper."""
+        llm = self.llm.get_base_model() if hasattr(self.llm, 'get_base_model') else self.llm
+        return llm.model
+
+    def forward(self, data: dict, data_samples=None, mode: str = 'loss'):
+        """mmengine entry point: ``mode='loss'`` -> ``{'loss': ...}``; ``'tensor'`` -> logits."""
+        pixel_values = data.get('pixel_values')
+        embeds = self.embed(data['input_ids'], pixel_values)
+        hidden = self._backbone(inputs_embeds=embeds, attention_mask=data.get('attention_mask'),
+                                position_ids=data.get('position_ids'), use_cache=False).last_hidden_state
+        if mode == 'tensor':
+            return self.llm.get_output_embeddings()(hidden)
+        if mode != 'loss':
+            raise NotImplementedError(f'{type(self).__name__}.forward: unsupported mode {mode!r}')
+        loss = self.labelled_loss(hidden, data['labels'])
+        if pixel_values is None and self.training:
+            loss = loss + self._unused_branch_zero()
+        return {'loss': loss}
+
+    def labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy, computing the LM head only at labelled positions.
+
+        Equal to ``CrossEntropy(lm_head(hidden)[:, :-1], labels[:, 1:])`` with ignore_index, but
+        image and prompt positions (most of a multimodal sequence) never get logits.
+        """
+        shift_labels = labels[:, 1:]
+        selected = shift_labels != IGNORE_INDEX
+        h = hidden[:, :-1][selected]
+        y = shift_labels[selected]
+        count = y.numel()
+        lm_head = self.llm.get_output_embeddings()
+        if count == 0:
+            # Keeps the graph connected (distributed ranks must all reduce the same grads).
+            return hidden.sum() * 0.0
+
+        def chunk_loss(h_chunk, y_chunk):
+            return F.cross_entropy(lm_head(h_chunk).float(), y_chunk, reduction='sum')
+
+        if count <= self.loss_chunk_size or not torch.is_grad_enabled():
+            total = chunk_loss(h, y)
+        else:
+            total = sum(checkpoint(chunk_loss, h[i:i + self.loss_chunk_size], y[i:i + self.loss_chunk_size],
+                                   use_reentrant=False)
+                        for i in range(0, count, self.loss_chunk_size))
+        return total / count
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **generate_kwargs) -> torch.Tensor:
+        """Generate from a prompt with image positions; returns only the new token ids [B, T]."""
+        embeds = self.embed(input_ids, pixel_values)
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)

@@ -1,0 +1,78 @@
+"""The model the web demo and API server tests serve, and how to run a server as a subprocess.
+
+``served_model`` is the one place that says which model that is: today a tiny LLaVA (LoRA
+checkpoint with perturbed weights, exported in xtuner format), so the tests compare the page and the
+API with ``mmllava chat``'s greedy answer. Point it at a fine-tuned model (return that model's
+``MODEL [--llava DIR ...]`` arguments) and the same tests check the answers it gives.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from llava_checkpoints import FINETUNE, cfg_options, make_checkpoint
+
+IMAGES = Path(__file__).resolve().parents[1] / 'data' / 'synthetic' / 'images'
+
+
+@pytest.fixture(scope='session')
+def served_model(tiny_zoo, tmp_path_factory) -> list[str]:
+    """``MODEL`` and model options, as ``mmllava chat`` / ``demo`` / ``serve`` take them."""
+    from mmllava.cli import main
+
+    root = tmp_path_factory.mktemp('served_model')
+    make_checkpoint(tiny_zoo, root / 'iter_5.pth', qlora=False, scale=0.02)
+    assert main(['convert', 'pth_to_hf', FINETUNE, str(root / 'iter_5.pth'), str(root / 'export'), '--fp32',
+                 '--save-format', 'xtuner', '--cfg-options', *cfg_options(tiny_zoo, qlora=False)]) == 0
+    return [str(tiny_zoo['internlm2_chat']), '--visual-encoder', str(tiny_zoo['clip_vit']),
+            '--llava', str(root / 'export'), '--prompt-template', 'internlm2_chat']
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(verb: str, model_args: list[str], log: Path, ready_path: str, *options: str, timeout: float = 90):
+    """Run ``mmllava VERB MODEL_ARGS --port P OPTIONS`` until the ``with`` ends; yields its base URL
+    once ``ready_path`` answers 200. Fails with the process's output if it dies or is not ready."""
+    port = free_port()
+    url = f'http://127.0.0.1:{port}'
+    with open(log, 'wb') as out:
+        process = subprocess.Popen([sys.executable, '-m', 'mmllava', verb, *model_args, '--port', str(port), *options],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f'mmllava {verb} did not start:\n{log.read_text()[-3000:]}')
+            try:
+                with urllib.request.urlopen(url + ready_path, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def get_json(url: str) -> dict:
+    """GET ``url`` and decode its JSON body."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)

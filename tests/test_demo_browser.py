@@ -1,0 +1,96 @@
+"""mmllava demo in a real headless Chromium (Debian's, driven by Playwright): an empty question is
+refused in the page; upload an image, set greedy decoding, ask, and the page shows exactly
+``ChatSession.ask``'s answer; a second turn with a second image gets the two-turn answer; after
+"Clear history" the first question gets the first answer again."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from served_model import IMAGES, running, served_model  # noqa: F401 (a fixture)
+
+CHROMIUM = Path('/usr/bin/chromium')  # Debian's package: tests never download a browser
+FIRST, SECOND = 'What color is the shape?', 'What shape is it?'
+MAX_NEW_TOKENS = 12
+# Flags for a headless browser run as root on a machine without network access.
+CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync']
+
+
+@pytest.fixture(scope='module')
+def expected_answers(served_model):  # noqa: F811
+    """Greedy answers to FIRST (with eval_0000.png), then SECOND (with eval_0001.png) in the same chat."""
+    import argparse
+
+    from mmllava.chat.arguments import add_model_arguments, load_model_from_args
+    from mmllava.chat.session import ChatSession, GenerationSettings
+    from mmllava.data.image import load_image
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    session = ChatSession(load_model_from_args(parser.parse_args(served_model)),
+                          settings=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=0))
+    answers = [session.ask(FIRST, image=load_image(IMAGES / 'eval_0000.png')),
+               session.ask(SECOND, image=load_image(IMAGES / 'eval_0001.png'))]
+    assert all(a.strip() for a in answers)
+    return answers
+
+
+@pytest.fixture(scope='module')
+def page(served_model, tmp_path_factory):  # noqa: F811
+    if not CHROMIUM.exists():
+        if os.environ.get('CI'):
+            pytest.fail(f'{CHROMIUM} is missing: .ci/run installs Debian\'s chromium')
+        pytest.skip(f'{CHROMIUM} is missing (apt-get install chromium)')
+    from playwright.sync_api import sync_playwright
+
+    log = tmp_path_factory.mktemp('demo') / 'demo.log'
+    with running('demo', served_model, log, '/', '--examples', str(IMAGES)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.wait_for_selector('#send')
+        yield page
+        browser.close()
+
+
+def bot_texts(page) -> list[str]:
+    return page.locator('#chatbot [data-testid=bot] .message-content').evaluate_all(
+        'els => els.map(e => e.textContent)')
+
+
+def ask(page, question: str, image: Path | None, answers_before: int) -> str:
+    """Ask in the page (uploading ``image``) and return the new answer once the turn is complete."""
+    if image is not None:
+        page.locator('#image input[type=file]').set_input_files(str(image))
+        page.wait_for_selector('#image img')
+    page.locator('#question textarea').fill(question)
+    page.locator('#send').click()
+    # Send is disabled from the first piece of the answer to the last: the turn is complete when the
+    # new answer stands in the chat and Send is enabled again.
+    page.wait_for_function('([n]) => document.querySelectorAll("#chatbot [data-testid=bot]").length === n + 1 && '
+                           '!document.querySelector("#send").disabled', arg=[answers_before])
+    texts = bot_texts(page)
+    assert len(texts) == answers_before + 1
+    return texts[-1]
+
+
+def test_demo_chats_about_images_in_the_browser(page, expected_answers):
+    page.locator('#send').click()
+    page.get_by_text('Type a question first.').wait_for()  # an error in the page, not a dead page
+
+    page.get_by_text('Generation settings').click()
+    for slider, value in (('#max-new-tokens', MAX_NEW_TOKENS), ('#temperature', 0)):
+        box = page.locator(f'{slider} input[type=number]')
+        box.fill(str(value))
+        box.press('Enter')
+
+    assert ask(page, FIRST, IMAGES / 'eval_0000.png', 0) == expected_answers[0]
+    assert ask(page, SECOND, IMAGES / 'eval_0001.png', 1) == expected_answers[1]
+    assert len(page.locator('#chatbot [data-testid=user] img').all()) == 2
+
+    page.locator('#clear').click()
+    page.wait_for_function('() => !document.querySelector("#chatbot [data-testid=bot]")')
+    assert ask(page, FIRST, IMAGES / 'eval_0000.png', 0) == expected_answers[0]
