@@ -64,16 +64,32 @@ def copy_config(name_or_path: str, save_dir: str | os.PathLike) -> Path:
     return dst
 
 
-def parse_cfg_options(options: Iterable[str] | None) -> dict[str, Any]:
-    """Parse ``KEY=VALUE`` strings the way mmengine's DictAction does (numbers, bools, None, lists)."""
+def parse_cfg_value(value: str) -> Any:
+    """One ``--cfg-options`` value: a Python literal (``2``, ``'a b'``, ``['x y', 'z']``) as written,
+    else mmengine DictAction's forms (``a,b`` lists, ``true``/``none``), else the plain string.
+
+    Literals come first because DictAction deletes every space (``SYSTEM=hello world`` would
+    become ``helloworld``).
+    """
     from mmengine.config import DictAction
 
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    if any(c in value for c in ',[]()'):
+        return DictAction._parse_iterable(value)
+    return DictAction._parse_int_float_bool(value)
+
+
+def parse_cfg_options(options: Iterable[str] | None) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings (see ``parse_cfg_value``) into a dict."""
     parsed = {}
     for option in options or ():
         key, sep, value = option.partition('=')
         if not sep or not key:
             raise MMLLaVAError(f'--cfg-options expects KEY=VALUE, got {option!r}')
-        parsed[key.strip()] = DictAction._parse_iterable(value)
+        parsed[key.strip()] = parse_cfg_value(value)
     return parsed
 
 

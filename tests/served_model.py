@@ -20,19 +20,43 @@ import pytest
 from llava_checkpoints import FINETUNE, cfg_options, make_checkpoint
 
 IMAGES = Path(__file__).resolve().parents[1] / 'data' / 'synthetic' / 'images'
+# A two-turn conversation: (question, image) per turn.
+CONVERSATION = [('What color is the shape?', IMAGES / 'eval_0000.png'), ('What shape is it?', IMAGES / 'eval_0001.png')]
+MAX_NEW_TOKENS = 12
 
 
 @pytest.fixture(scope='session')
 def served_model(tiny_zoo, tmp_path_factory) -> list[str]:
     """``MODEL`` and model options, as ``mmllava chat`` / ``demo`` / ``serve`` take them."""
+    import torch
+
     from mmllava.cli import main
 
+    torch.manual_seed(0)  # the untrained weights (LoRA, projector) come from torch's RNG
     root = tmp_path_factory.mktemp('served_model')
     make_checkpoint(tiny_zoo, root / 'iter_5.pth', qlora=False, scale=0.02)
     assert main(['convert', 'pth_to_hf', FINETUNE, str(root / 'iter_5.pth'), str(root / 'export'), '--fp32',
                  '--save-format', 'xtuner', '--cfg-options', *cfg_options(tiny_zoo, qlora=False)]) == 0
     return [str(tiny_zoo['internlm2_chat']), '--visual-encoder', str(tiny_zoo['clip_vit']),
             '--llava', str(root / 'export'), '--prompt-template', 'internlm2_chat']
+
+
+@pytest.fixture(scope='session')
+def greedy_answers(served_model) -> list[str]:
+    """``ChatSession``'s greedy answers (``MAX_NEW_TOKENS`` at most) to the turns of ``CONVERSATION``."""
+    import argparse
+
+    from mmllava.chat.arguments import add_model_arguments, load_model_from_args
+    from mmllava.chat.session import ChatSession, GenerationSettings
+    from mmllava.data.image import load_image
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    session = ChatSession(load_model_from_args(parser.parse_args(served_model)),
+                          settings=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=0))
+    answers = [session.ask(question, image=load_image(image)) for question, image in CONVERSATION]
+    assert all(answer.strip() for answer in answers)
+    return answers
 
 
 def free_port() -> int:

@@ -46,6 +46,13 @@ def test_override_values_are_typed_and_lists_replace_multiline_values(cfg_file):
     assert cfg.evaluation_inputs == ['a', 'b', 'c']
 
 
+def test_values_keep_spaces_and_types():
+    parsed = parse_cfg_options(["SYSTEM=hello world", "evaluation_inputs=['What color is the shape?']",
+                                'lr=1e-3', 'flag=true', 'x=None', 'names=a,b', 'path=/models/x y'])
+    assert parsed == {'SYSTEM': 'hello world', 'evaluation_inputs': ['What color is the shape?'], 'lr': 1e-3,
+                      'flag': True, 'x': None, 'names': ['a', 'b'], 'path': '/models/x y'}
+
+
 def test_dotted_override(cfg_file):
     cfg = load_config(cfg_file, parse_cfg_options(['model.freeze_llm=False']))
     assert cfg.model.freeze_llm is False

@@ -8,33 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
-from served_model import IMAGES, running, served_model  # noqa: F401 (a fixture)
+from served_model import CONVERSATION, IMAGES, MAX_NEW_TOKENS, greedy_answers, running, served_model  # noqa: F401
 
 CHROMIUM = Path('/usr/bin/chromium')  # Debian's package: tests never download a browser
-FIRST, SECOND = 'What color is the shape?', 'What shape is it?'
-MAX_NEW_TOKENS = 12
 # Flags for a headless browser run as root on a machine without network access.
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
                  '--disable-component-update', '--disable-sync']
-
-
-@pytest.fixture(scope='module')
-def expected_answers(served_model):  # noqa: F811
-    """Greedy answers to FIRST (with eval_0000.png), then SECOND (with eval_0001.png) in the same chat."""
-    import argparse
-
-    from mmllava.chat.arguments import add_model_arguments, load_model_from_args
-    from mmllava.chat.session import ChatSession, GenerationSettings
-    from mmllava.data.image import load_image
-
-    parser = argparse.ArgumentParser()
-    add_model_arguments(parser)
-    session = ChatSession(load_model_from_args(parser.parse_args(served_model)),
-                          settings=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=0))
-    answers = [session.ask(FIRST, image=load_image(IMAGES / 'eval_0000.png')),
-               session.ask(SECOND, image=load_image(IMAGES / 'eval_0001.png'))]
-    assert all(a.strip() for a in answers)
-    return answers
 
 
 @pytest.fixture(scope='module')
@@ -77,7 +56,7 @@ def ask(page, question: str, image: Path | None, answers_before: int) -> str:
     return texts[-1]
 
 
-def test_demo_chats_about_images_in_the_browser(page, expected_answers):
+def test_demo_chats_about_images_in_the_browser(page, greedy_answers):  # noqa: F811
     page.locator('#send').click()
     page.get_by_text('Type a question first.').wait_for()  # an error in the page, not a dead page
 
@@ -87,10 +66,10 @@ def test_demo_chats_about_images_in_the_browser(page, expected_answers):
         box.fill(str(value))
         box.press('Enter')
 
-    assert ask(page, FIRST, IMAGES / 'eval_0000.png', 0) == expected_answers[0]
-    assert ask(page, SECOND, IMAGES / 'eval_0001.png', 1) == expected_answers[1]
-    assert len(page.locator('#chatbot [data-testid=user] img').all()) == 2
+    for turn, (question, image) in enumerate(CONVERSATION):
+        assert ask(page, question, image, turn) == greedy_answers[turn]
+    assert len(page.locator('#chatbot [data-testid=user] img').all()) == len(CONVERSATION)
 
     page.locator('#clear').click()
     page.wait_for_function('() => !document.querySelector("#chatbot [data-testid=bot]")')
-    assert ask(page, FIRST, IMAGES / 'eval_0000.png', 0) == expected_answers[0]
+    assert ask(page, *CONVERSATION[0], 0) == greedy_answers[0]

@@ -81,7 +81,7 @@ def test_single_tile_has_no_thumbnail_and_static_mode_is_one_tile():
     assert InternVLImageProcessor(image_size=56, max_num=6)(image).shape == (1, 3, 56, 56)
     big = Image.new('RGB', (900, 300))
     assert InternVLImageProcessor(image_size=56, max_num=6, dynamic=False)(big).shape == (1, 3, 56, 56)
-    assert InternVLImageProcessor(image_size=56, max_num=6, use_thumbnail=False)(big).shape == (6, 3, 56, 56)
+    assert InternVLImageProcessor(image_size=56, max_num=6, use_thumbnail=False)(big).shape == (3, 3, 56, 56)
 
 
 def official_pixel_shuffle(x, scale_factor=0.5):

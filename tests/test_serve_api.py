@@ -13,12 +13,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-from served_model import IMAGES, get_json, running, served_model  # noqa: F401 (a fixture)
+from served_model import (CONVERSATION, IMAGES, MAX_NEW_TOKENS, get_json, greedy_answers, running,  # noqa: F401
+                          served_model)
 
 from mmllava.cli import main
 
-FIRST, SECOND = 'What color is the shape?', 'What shape is it?'
-MAX_TOKENS = 12
+(FIRST, FIRST_IMAGE), (SECOND, SECOND_IMAGE) = CONVERSATION
 
 
 def data_url(path) -> str:
@@ -34,19 +34,17 @@ def server(served_model, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope='module')
-def chat_answers(served_model):  # noqa: F811
-    """``mmllava chat --temperature 0``'s answers to FIRST (with eval_0000.png) then SECOND."""
+def chat_answers(served_model, greedy_answers):  # noqa: F811
+    """The conversation's greedy answers, the first checked against ``mmllava chat --temperature 0``'s."""
     import contextlib
     import io
 
-    out = io.StringIO()
+    (question, image), out = CONVERSATION[0], io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(['chat', *served_model, '--image', str(IMAGES / 'eval_0000.png'), '--prompt', FIRST,
-                     '--prompt', SECOND, '--temperature', '0', '--max-new-tokens', str(MAX_TOKENS),
-                     '--no-streamer']) == 0
-    answers = out.getvalue().split('\n')[:-1]
-    assert len(answers) == 2 and all(answers)
-    return answers
+        assert main(['chat', *served_model, '--image', str(image), '--prompt', question, '--temperature', '0',
+                     '--max-new-tokens', str(MAX_NEW_TOKENS), '--no-streamer']) == 0
+    assert out.getvalue() == greedy_answers[0] + '\n'
+    return greedy_answers
 
 
 def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
@@ -64,25 +62,26 @@ def test_openai_client_gets_chat_answers(server, chat_answers):
 
     client = OpenAI(base_url=server + '/v1', api_key='unused', max_retries=0, timeout=60)
     model = client.models.list().data[0].id
-    question = [{'role': 'user', 'content': [{'type': 'image_url', 'image_url': {'url': data_url(IMAGES / 'eval_0000.png')}},
+    question = [{'role': 'user', 'content': [{'type': 'image_url', 'image_url': {'url': data_url(FIRST_IMAGE)}},
                                              {'type': 'text', 'text': FIRST}]}]
-    reply = client.chat.completions.create(model=model, messages=question, max_tokens=MAX_TOKENS, temperature=0)
+    reply = client.chat.completions.create(model=model, messages=question, max_tokens=MAX_NEW_TOKENS, temperature=0)
     assert reply.choices[0].message.content == chat_answers[0]
     usage = reply.usage
-    assert usage.completion_tokens <= MAX_TOKENS and usage.prompt_tokens > 16  # the image's positions count
+    assert usage.completion_tokens <= MAX_NEW_TOKENS and usage.prompt_tokens > 16  # the image's positions count
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    assert reply.choices[0].finish_reason == ('length' if usage.completion_tokens == MAX_TOKENS else 'stop')
+    assert reply.choices[0].finish_reason == ('length' if usage.completion_tokens == MAX_NEW_TOKENS else 'stop')
 
-    chunks = list(client.chat.completions.create(model=model, messages=question, max_tokens=MAX_TOKENS,
+    chunks = list(client.chat.completions.create(model=model, messages=question, max_tokens=MAX_NEW_TOKENS,
                                                  temperature=0, stream=True, stream_options={'include_usage': True}))
     assert ''.join(c.choices[0].delta.content or '' for c in chunks if c.choices) == chat_answers[0]
     assert chunks[-1].usage == usage and chunks[-2].choices[0].finish_reason == reply.choices[0].finish_reason
 
-    # The second turn replays the first (here with the image as an allowed local path) and asks SECOND.
-    local = [{'role': 'user', 'content': [{'type': 'image_url', 'image_url': {'url': 'eval_0000.png'}},
-                                          {'type': 'text', 'text': FIRST}]}]
-    history = [*local, {'role': 'assistant', 'content': chat_answers[0]}, {'role': 'user', 'content': SECOND}]
-    second = client.chat.completions.create(model=model, messages=history, max_tokens=MAX_TOKENS, temperature=0)
+    # The second turn replays the first and asks SECOND about a second image; images as allowed local
+    # files this time: a path relative to --allow-local-images, and a file:// URL.
+    history = [user(part(FIRST_IMAGE.name), {'type': 'text', 'text': FIRST}),
+               {'role': 'assistant', 'content': chat_answers[0]},
+               user(part(SECOND_IMAGE.as_uri()), {'type': 'text', 'text': SECOND})]
+    second = client.chat.completions.create(model=model, messages=history, max_tokens=MAX_NEW_TOKENS, temperature=0)
     assert second.choices[0].message.content == chat_answers[1]
 
 
@@ -110,8 +109,8 @@ LOAD_CLIENT = textwrap.dedent('''
 
 def test_fifty_concurrent_requests_are_answered_or_refused(server, chat_answers):
     body = {'messages': [{'role': 'user', 'content': [
-        {'type': 'image_url', 'image_url': {'url': data_url(IMAGES / 'eval_0000.png')}},
-        {'type': 'text', 'text': FIRST}]}], 'max_tokens': MAX_TOKENS, 'temperature': 0}
+        {'type': 'image_url', 'image_url': {'url': data_url(FIRST_IMAGE)}},
+        {'type': 'text', 'text': FIRST}]}], 'max_tokens': MAX_NEW_TOKENS, 'temperature': 0}
     done = subprocess.run([sys.executable, '-c', LOAD_CLIENT, server + '/v1/chat/completions'],
                           input=json.dumps(body), capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr
@@ -200,5 +199,5 @@ def test_image_rules_of_the_server(options, message):
     from mmllava.serve.messages import RequestError, parse_chat_request
 
     with pytest.raises(RequestError) as error:
-        parse_chat_request({'messages': [user(part('eval_0000.png'))]}, 'm', **options)
+        parse_chat_request({'messages': [user(part(FIRST_IMAGE.name))]}, 'm', **options)
     assert str(error.value) == 'messages[0].content[0].image_url: ' + message

@@ -1,6 +1,7 @@
-"""The shipped tiny LLaVA config through ``mmllava train --deepspeed deepspeed_zero2`` (seed 000's
-command) on the tiny zoo: trains, checkpoints, and a run resumed from its first checkpoint logs
-the same losses as the original run."""
+"""The shipped tiny QLoRA LLaVA fine-tune config through ``mmllava train --deepspeed deepspeed_zero2``
+(seed 000's command) on the tiny zoo: NF4 LLM + LoRA (with dropout) + LoRA on the vision tower
+train, checkpoint, and a run resumed from the first checkpoint logs the same losses as the
+original run (sampler position, optimizer, scheduler and RNG all come back)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = 'llava_tiny_internlm2_chat_clip_pretrain'
+CONFIG = 'llava_tiny_internlm2_chat_qlora_clip_finetune'
 
 
 def _losses(work_dir: Path) -> dict[int, float]:
@@ -22,7 +23,8 @@ def _losses(work_dir: Path) -> dict[int, float]:
 def _train(work_dir: Path, tiny_zoo, *args):
     options = [f'llm_name_or_path={tiny_zoo["internlm2_chat"]}',
                f'visual_encoder_name_or_path={tiny_zoo["clip_vit"]}', f'data_root={REPO}/data/synthetic/',
-               'batch_size=2', 'max_epochs=0.034', 'save_steps=2', 'evaluation_inputs=[]',
+               'pretrained_pth=None',
+               'batch_size=2', 'max_epochs=0.031', 'save_steps=2', 'evaluation_inputs=[]',
                'default_hooks.logger.interval=1', 'log_processor.window_size=1']  # 4 iterations, per-step losses
     return subprocess.run([sys.executable, '-m', 'mmllava.cli', 'train', CONFIG, '--work-dir', str(work_dir),
                            '--deepspeed', 'deepspeed_zero2', *args, '--cfg-options', *options],

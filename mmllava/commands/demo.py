@@ -36,7 +36,7 @@ def run(args):
     # Gradio's own queue orders the questions (and shows users their place); the worker runs them.
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
     try:
-        demo.launch(server_name=args.host, server_port=args.port, max_file_size=f'{args.max_upload_mb}mb',
+        demo.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 2**20),
                     allowed_paths=[str(args.examples)] if examples else None, theme=THEME, show_error=True)
     except OSError as e:  # the port is taken
         raise MMLLaVAError(f'cannot listen on {args.host}:{args.port}: {e}') from None

@@ -141,9 +141,16 @@ def build_runner(cfg):
 
     from mmllava.engine import compat
 
+    from mmllava.config import build
+
     compat.apply()
     runner_type = cfg.get('runner_type', 'Runner')
     runner_cls = {'Runner': Runner, 'FlexibleRunner': FlexibleRunner}.get(_type_name(runner_type))
     if runner_cls is None:
         raise MMLLaVAError(f'runner_type={runner_type!r}: mmllava runs Runner or FlexibleRunner')
-    return runner_cls.from_cfg(cfg)
+    # The dataset is built (tokenised and checked) before the model, so bad data stops the run in
+    # seconds with `FILE:INDEX: reason` instead of after minutes of loading weights.
+    dataset = build(cfg.train_dataloader.dataset)
+    runner = runner_cls.from_cfg(cfg)
+    runner._train_dataloader['dataset'] = dataset
+    return runner

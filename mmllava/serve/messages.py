@@ -190,6 +190,7 @@ def parse_chat_request(body: Any, model_id: str, allow_local_images: Path | None
     settings = GenerationSettings(max_new_tokens=max_tokens, temperature=_number(body, 'temperature', 1.0, 0, 2),
                                   top_p=_number(body, 'top_p', 1.0, 0, 1, low_open=True))
     seed = _number(body, 'seed', None, 0, 2**63 - 1, integer=True)
+
     def image(url, param):
         if text_only:
             raise RequestError(param, 'this model is text-only and takes no images')
