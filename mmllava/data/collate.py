@@ -19,6 +19,10 @@ def llava_collate(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
     binds the extra keys with ``functools.partial`` and calls ``collate_fn(instances)``); add
     ``pad_token_id=dataset.pad_token_id`` to pad with the tokenizer's id. The default 0 is safe
     because the model reads ``attention_mask`` and padded positions carry no label.
+
+    Packs from ``mmllava.data.packing.PackedDataset`` (items with ``position_ids``) also give
+    ``position_ids``; a row's padding gets positions of its own (0, 1, ...), so it is a separate
+    segment that no sample attends to, and ``pixel_values`` holds every pack's images in order.
     """
     if not instances:
         raise ValueError('llava_collate got an empty batch')
@@ -26,12 +30,19 @@ def llava_collate(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
     input_ids = torch.full((len(instances), length), pad_token_id, dtype=torch.long)
     labels = torch.full((len(instances), length), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(instances), length), dtype=torch.long)
+    packed = 'position_ids' in instances[0]
+    position_ids = torch.zeros((len(instances), length), dtype=torch.long) if packed else None
     for row, item in enumerate(instances):
         n = len(item['input_ids'])
         input_ids[row, :n] = torch.as_tensor(item['input_ids'], dtype=torch.long)
         labels[row, :n] = torch.as_tensor(item['labels'], dtype=torch.long)
         attention_mask[row, :n] = 1
+        if packed:
+            position_ids[row, :n] = torch.as_tensor(item['position_ids'], dtype=torch.long)
+            position_ids[row, n:] = torch.arange(length - n)
     images = [item['pixel_values'] for item in instances if item.get('pixel_values') is not None]
     data = {'input_ids': input_ids, 'labels': labels, 'attention_mask': attention_mask,
-            'pixel_values': torch.stack(images) if images else None}
+            'pixel_values': (torch.cat if packed else torch.stack)(images) if images else None}
+    if packed:
+        data['position_ids'] = position_ids
     return {'data': data, 'data_samples': None}

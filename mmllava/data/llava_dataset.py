@@ -117,13 +117,16 @@ class LLaVADataset(torch.utils.data.Dataset):
         if not self.samples:
             raise MMLLaVAError(f'{self.data_path}: no usable samples ({len(self.skipped)} skipped): '
                                + summarize_skipped(self.skipped))
+        # Skipping is never silent: the count and the reasons go to the console now, and
+        # DatasetInfoHook repeats `skip_report` into the run's log when training starts.
+        self.skip_report = None
         if self.skipped:
             from mmengine.logging import print_log
 
-            # Skipping is never silent: the count and the reasons go to the console and the run's log.
-            print_log(f'{self.data_path}: skipped {len(self.skipped)} of {len(self.skipped) + len(self.samples)} '
-                      f'samples (skip_bad_samples=True): {summarize_skipped(self.skipped)}',
-                      logger='current', level=logging.WARNING)
+            self.skip_report = (f'{self.data_path}: skipped {len(self.skipped)} of '
+                                f'{len(self.skipped) + len(self.samples)} samples (skip_bad_samples=True): '
+                                f'{summarize_skipped(self.skipped)}')
+            print_log(self.skip_report, logger='current', level=logging.WARNING)
 
     def prepare_sample(self, raw: Any, max_length: int | None = None) -> dict:
         """Validate one raw sample and encode it (``max_length`` overrides the dataset's, e.g. to

@@ -59,6 +59,8 @@ class DatasetInfoHook(Hook):
     def before_train(self, runner) -> None:
         dataset = runner.train_dataloader.dataset
         runner.logger.info(f'training dataset: {len(dataset)} samples')
+        if getattr(dataset, 'skip_report', None):
+            runner.logger.warning(dataset.skip_report)
         for index in range(min(self.num_samples, len(dataset))):
             sample = dataset[index]
             runner.logger.info(f'training sample {index}: '

@@ -68,16 +68,12 @@ class MultimodalModel(BaseModel):
         embed_tokens = self.llm.get_input_embeddings()
         image_mask = input_ids == IMAGE_TOKEN_INDEX
         embeds = embed_tokens(input_ids.masked_fill(image_mask, 0))
-        n_positions = int(image_mask.sum())
         if pixel_values is None:
-            if n_positions:
-                raise MMLLaVAError(f'batch has {n_positions} image positions but no pixel_values')
+            _check_image_positions(image_mask, 0, 'no pixel_values')
             return embeds
         features = self.encode_images(pixel_values)
-        if features.shape[0] * features.shape[1] != n_positions:
-            raise MMLLaVAError(
-                f'image positions ({n_positions}) do not match image features '
-                f'({features.shape[0]} images x {features.shape[1]} tokens)')
+        _check_image_positions(image_mask, features.shape[0] * features.shape[1],
+                               f'{features.shape[0]} images x {features.shape[1]} tokens')
         return embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
 
     @property
@@ -87,11 +83,19 @@ class MultimodalModel(BaseModel):
         return llm.model
 
     def forward(self, data: dict, data_samples=None, mode: str = 'loss'):
-        """mmengine entry point: ``mode='loss'`` -> ``{'loss': ...}``; ``'tensor'`` -> logits."""
+        """mmengine entry point: ``mode='loss'`` -> ``{'loss': ...}``; ``'tensor'`` -> logits.
+
+        ``data['position_ids']`` marks packed rows (``mmllava.data.packing``): positions restart
+        at 0 at every sample, and the 2D ``attention_mask`` is left out because only without one
+        does transformers build the per-sample causal mask (SDPA, eager) or flash-attention-2's
+        varlen segments from the position ids.
+        """
         pixel_values = data.get('pixel_values')
+        position_ids = data.get('position_ids')
+        attention_mask = data.get('attention_mask') if position_ids is None else None
         embeds = self.embed(data['input_ids'], pixel_values)
-        hidden = self._backbone(inputs_embeds=embeds, attention_mask=data.get('attention_mask'),
-                                position_ids=data.get('position_ids'), use_cache=False).last_hidden_state
+        hidden = self._backbone(inputs_embeds=embeds, attention_mask=attention_mask,
+                                position_ids=position_ids, use_cache=False).last_hidden_state
         if mode == 'tensor':
             return self.llm.get_output_embeddings()(hidden)
         if mode != 'loss':
@@ -137,3 +141,19 @@ class MultimodalModel(BaseModel):
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+def _check_image_positions(image_mask: torch.Tensor, n_features: int, features: str) -> None:
+    """Raise when the batch's image positions are not ``n_features``.
+
+    Counting reads the mask on the host: free for CPU tensors, a stall of the step on an
+    accelerator. There the check is queued on the device instead (it fails at a later kernel
+    launch); the dataset already checks every sample's image positions when it is built.
+    """
+    if image_mask.device.type == 'cpu':
+        n_positions = int(image_mask.sum())
+        if n_positions != n_features:
+            raise MMLLaVAError(f'image positions ({n_positions}) do not match image features ({features})')
+    else:
+        torch._assert_async(image_mask.sum() == n_features,
+                            f'image positions do not match image features ({features})')

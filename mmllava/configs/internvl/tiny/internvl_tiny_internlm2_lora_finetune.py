@@ -32,9 +32,9 @@ max_dynamic_patch = 6
 batch_size = 8  # per device
 accumulative_counts = 1
 dataloader_num_workers = 0
-max_epochs = 3
+max_epochs = 8
 optim_type = AdamW
-lr = 1e-3
+lr = 2e-3
 betas = (0.9, 0.999)
 weight_decay = 0
 max_norm = 1  # grad clip
@@ -65,9 +65,8 @@ model = dict(
     # comment the following lines if you don't want to use Lora in llm
     llm_lora=dict(type=LoraConfig, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=None,
                   task_type='CAUSAL_LM'),
-    # uncomment the following lines if you want to use Lora in the visual encoder
-    # visual_encoder_lora=dict(type=LoraConfig, r=64, lora_alpha=16, lora_dropout=0.05,
-    #                          target_modules=['q_proj', 'k_proj', 'v_proj', 'projection_layer', 'fc1', 'fc2']),
+    # the tiny vision tower is random (the real one is pretrained): adapt it too, as the tiny LLaVA config does
+    visual_encoder_lora=dict(type=LoraConfig, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=None),
 )
 
 #######################################################################

@@ -135,7 +135,8 @@ custom_hooks = [
          evaluation_inputs=evaluation_inputs,
          evaluation_images=evaluation_images,
          system=SYSTEM,
-         prompt_template=prompt_template)
+         prompt_template=prompt_template,
+         max_new_tokens=16)
 ]
 
 default_hooks = dict(

@@ -1,0 +1,110 @@
+"""What a benchmark records per step, and how it turns the steady-state steps into one summary."""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+_STATUS = Path('/proc/self/status')
+_CLEAR_REFS = Path('/proc/self/clear_refs')
+
+
+def batch_counts(data_batch: dict) -> tuple[int, int, int]:
+    """(samples, real tokens, token positions) of a ``llava_collate`` batch, padding excluded.
+
+    Packed rows (``position_ids``) count one sample per position 0 that is not padding.
+    """
+    data = data_batch['data']
+    mask = data['attention_mask'].bool()
+    if data.get('position_ids') is not None:
+        samples = int(((data['position_ids'] == 0) & mask).sum())
+    else:
+        samples = mask.shape[0]
+    return samples, int(mask.sum()), mask.numel()
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak: CUDA's max-allocated counter, and Linux' peak RSS (``VmHWM``) where the
+    kernel lets a process reset it; elsewhere the CPU peak stays the process's lifetime peak."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        _CLEAR_REFS.write_text('5')
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """``cpu_rss_mb``: peak resident memory since ``reset_peak_memory``; ``cuda_max_allocated_mb``."""
+    peak = {'cpu_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                peak['cpu_rss_mb'] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        peak['cuda_max_allocated_mb'] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def sync() -> None:
+    """Wait for queued device work, so a step's time is its own (CPU: nothing to wait for)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@dataclass
+class StepRecorder:
+    """Timestamps and counts of each step: ``batch_ready`` when the batch is in hand, ``step_done``
+    after the optimizer step. A step's time runs from the previous ``step_done`` (data loading
+    included); its data wait is the part before ``batch_ready``."""
+
+    warmup: int
+    step_times: list[float] = field(default_factory=list)
+    data_waits: list[float] = field(default_factory=list)
+    counts: list[tuple[int, int, int]] = field(default_factory=list)
+    _last_done: float | None = None
+    _ready: float | None = None
+
+    def start(self) -> None:
+        """Mark the moment the loop asks for its first batch."""
+        self._last_done = time.perf_counter()
+
+    def batch_ready(self, data_batch: dict) -> None:
+        self._ready = time.perf_counter()
+        self.counts.append(batch_counts(data_batch))
+
+    def step_done(self) -> None:
+        sync()
+        now = time.perf_counter()
+        self.step_times.append(now - self._last_done)
+        self.data_waits.append(self._ready - self._last_done)
+        self._last_done = now
+        if len(self.step_times) == self.warmup:
+            reset_peak_memory()  # the peak of the steady state, not of the first (allocating) steps
+
+    def summary(self) -> dict[str, float]:
+        """Steady-state figures over the steps after ``warmup``: median step time (robust to the
+        other load on a shared machine), throughput over the whole steady span, peak memory."""
+        times, waits = self.step_times[self.warmup:], self.data_waits[self.warmup:]
+        counts = self.counts[self.warmup:]
+        if not times:
+            raise ValueError('no steady-state step was recorded')
+        span = sum(times)
+        samples, real, positions = (sum(c[i] for c in counts) for i in range(3))
+        return {
+            'steps': len(times),
+            'sec_per_step': statistics.median(times),
+            'samples_per_sec': samples / span,
+            'real_tokens_per_sec': real / span,
+            'real_tokens_per_step': real / len(times),
+            'padding_fraction': 1 - real / positions,
+            'data_wait_sec_per_step': statistics.median(waits),
+            'data_wait_fraction': sum(waits) / span,
+            **peak_memory_mb(),
+        }

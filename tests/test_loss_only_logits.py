@@ -1,0 +1,64 @@
+"""``labelled_loss`` (LM head only at labelled positions, optionally chunked and recomputed) equals the
+full computation ``CrossEntropy(lm_head(hidden)[:, :-1], labels[:, 1:])``, in value and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmllava.constants import IGNORE_INDEX
+
+
+@pytest.fixture(scope='module')
+def model(tiny_zoo):
+    from mmllava.builders import load_llm, load_vision_encoder
+    from mmllava.models import LLaVAModel
+
+    return LLaVAModel(llm=load_llm(tiny_zoo['llama3_instruct'], torch_dtype=torch.float32),
+                      visual_encoder=load_vision_encoder(tiny_zoo['clip_vit'], torch_dtype=torch.float32),
+                      use_activation_checkpointing=False).train()
+
+
+def _inputs(model, generator):
+    hidden = torch.randn(3, 20, model.llm.config.hidden_size, generator=generator, requires_grad=True)
+    labels = torch.randint(0, model.llm.config.vocab_size, (3, 20), generator=generator)
+    labels[torch.rand(3, 20, generator=generator) < 0.6] = IGNORE_INDEX  # prompt, image and padding positions
+    return hidden, labels
+
+
+def _grads(loss, hidden, lm_head):
+    return torch.autograd.grad(loss, [hidden, lm_head.weight])
+
+
+@pytest.mark.parametrize('chunk', [4096, 3], ids=['one_chunk', 'chunked'])
+def test_labelled_loss_equals_full_logits(model, chunk):
+    generator = torch.Generator().manual_seed(0)
+    hidden, labels = _inputs(model, generator)
+    lm_head = model.llm.get_output_embeddings()
+    model.loss_chunk_size = chunk
+    try:
+        loss = model.labelled_loss(hidden, labels)
+    finally:
+        model.loss_chunk_size = 4096
+    logits = lm_head(hidden)[:, :-1]
+    full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    assert (labels[:, 1:] != IGNORE_INDEX).sum() > 3 * chunk or chunk > 100  # the chunked case really chunks
+    torch.testing.assert_close(loss, full, rtol=1e-6, atol=1e-6)
+    for got, expected in zip(_grads(loss, hidden, lm_head), _grads(full, hidden, lm_head)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_labelled_loss_without_grad_and_without_labels(model):
+    generator = torch.Generator().manual_seed(1)
+    hidden, labels = _inputs(model, generator)
+    model.loss_chunk_size = 3
+    try:
+        with torch.no_grad():
+            loss = model.labelled_loss(hidden, labels)
+    finally:
+        model.loss_chunk_size = 4096
+    logits = model.llm.get_output_embeddings()(hidden)[:, :-1]
+    full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(loss, full.detach(), rtol=1e-6, atol=1e-6)
+    nothing = model.labelled_loss(hidden, torch.full_like(labels, IGNORE_INDEX))
+    assert nothing.item() == 0.0 and nothing.requires_grad  # graph stays connected for every rank
