@@ -92,7 +92,8 @@ def test_official_export_reloads_with_our_loader_with_the_training_logits(traine
     assert 'language_model.model.layers.0.attention.wqkv.weight' in keys and 'mlp1.1.weight' in keys
     assert 'vision_model.encoder.layers.0.attn.qkv.weight' in keys and not any('lora' in k for k in keys)
     tokenizer_config = json.loads((folder / 'tokenizer_config.json').read_text())
-    assert tokenizer_config['tokenizer_class'] == 'InternLM2Tokenizer' and '<|im_start|>' in tokenizer_config['chat_template']
+    assert tokenizer_config['tokenizer_class'] == 'InternLM2Tokenizer'
+    assert '<|im_start|>' in tokenizer_config['chat_template']
     assert (folder / 'tokenizer.model').is_file()
     assert json.loads((folder / 'generation_config.json').read_text())['eos_token_id'] == [
         trained['tokenizer'].eos_token_id, trained['tokenizer'].convert_tokens_to_ids('<|im_end|>')]

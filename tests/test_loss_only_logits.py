@@ -42,7 +42,8 @@ def test_labelled_loss_equals_full_logits(model, chunk):
         model.loss_chunk_size = 4096
     logits = lm_head(hidden)[:, :-1]
     full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
-    assert (labels[:, 1:] != IGNORE_INDEX).sum() > 3 * chunk or chunk > 100  # the chunked case really chunks
+    if chunk == 3:
+        assert (labels[:, 1:] != IGNORE_INDEX).sum() > 2 * chunk  # several chunks, each recomputed
     torch.testing.assert_close(loss, full, rtol=1e-6, atol=1e-6)
     for got, expected in zip(_grads(loss, hidden, lm_head), _grads(full, hidden, lm_head)):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

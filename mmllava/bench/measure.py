@@ -66,14 +66,17 @@ class StepRecorder:
 
     warmup: int
     step_times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
     data_waits: list[float] = field(default_factory=list)
     counts: list[tuple[int, int, int]] = field(default_factory=list)
     _last_done: float | None = None
+    _last_cpu: float | None = None
     _ready: float | None = None
 
     def start(self) -> None:
         """Mark the moment the loop asks for its first batch."""
         self._last_done = time.perf_counter()
+        self._last_cpu = time.process_time()
 
     def batch_ready(self, data_batch: dict) -> None:
         self._ready = time.perf_counter()
@@ -81,16 +84,18 @@ class StepRecorder:
 
     def step_done(self) -> None:
         sync()
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.step_times.append(now - self._last_done)
+        self.cpu_times.append(cpu - self._last_cpu)
         self.data_waits.append(self._ready - self._last_done)
-        self._last_done = now
+        self._last_done, self._last_cpu = now, cpu
         if len(self.step_times) == self.warmup:
             reset_peak_memory()  # the peak of the steady state, not of the first (allocating) steps
 
     def summary(self) -> dict[str, float]:
-        """Steady-state figures over the steps after ``warmup``: median step time (robust to the
-        other load on a shared machine), throughput over the whole steady span, peak memory."""
+        """Steady-state figures over the steps after ``warmup``: median and fastest step time, the
+        process's CPU seconds per step (all threads; less sensitive than wall time to other load
+        on a shared machine), throughput over the whole steady span, data wait, peak memory."""
         times, waits = self.step_times[self.warmup:], self.data_waits[self.warmup:]
         counts = self.counts[self.warmup:]
         if not times:
@@ -100,7 +105,10 @@ class StepRecorder:
         return {
             'steps': len(times),
             'sec_per_step': statistics.median(times),
+            'sec_per_step_min': min(times),
+            'cpu_sec_per_step': statistics.median(self.cpu_times[self.warmup:]),
             'samples_per_sec': samples / span,
+            'samples_per_step': samples / len(times),
             'real_tokens_per_sec': real / span,
             'real_tokens_per_step': real / len(times),
             'padding_fraction': 1 - real / positions,

@@ -8,12 +8,15 @@ import statistics
 
 import torch
 
-from mmllava.bench.runs import run_framework, run_reference, runner_config
+from mmllava.bench.runs import run_framework, run_reference
 
 # (field, column title, format) in the order the table prints them
 FIELDS = [
     ('sec_per_step', 's/step', '{:.4f}'),
+    ('sec_per_step_min', 'fastest s/step', '{:.4f}'),
+    ('cpu_sec_per_step', 'CPU s/step', '{:.4f}'),
     ('samples_per_sec', 'samples/s', '{:.1f}'),
+    ('samples_per_step', 'samples/step', '{:.1f}'),
     ('real_tokens_per_sec', 'real tok/s', '{:.0f}'),
     ('real_tokens_per_step', 'real tok/step', '{:.0f}'),
     ('padding_fraction', 'padding', '{:.1%}'),
@@ -31,8 +34,9 @@ def _median_fields(runs: list[dict]) -> dict:
 def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = True) -> dict:
     """Time ``cfg`` through the runner (and the bare loop), alternating ``repeats`` times; medians per field.
 
-    ``overhead`` is the framework's median step time over the bare loop's, and the median of the
-    per-repeat ratios (each pair ran back to back, so slow phases of a shared machine cancel).
+    ``overhead`` holds framework / bare-loop ratios of the median, the fastest and the CPU seconds
+    per step, and the median of the per-repeat ratios (each pair ran back to back, so slow phases
+    of a shared machine cancel in part).
     """
     runs = {'framework': [], 'reference': []}
     load_before = os.getloadavg()
@@ -40,8 +44,7 @@ def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = 
         runs['framework'].append(run_framework(copy.deepcopy(cfg), steps, warmup))
         gc.collect()
         if reference:
-            reference_cfg = runner_config(copy.deepcopy(cfg), steps, warmup, work_dir='unused')
-            runs['reference'].append(run_reference(reference_cfg, steps, warmup))
+            runs['reference'].append(run_reference(copy.deepcopy(cfg), steps, warmup))
             gc.collect()
     result = {
         'config': cfg.filename, 'steps': steps, 'warmup': warmup, 'repeats': repeats,
@@ -55,24 +58,27 @@ def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = 
         result['reference'] = _median_fields(runs['reference'])
         pairs = [f['sec_per_step'] / r['sec_per_step'] for f, r in zip(runs['framework'], runs['reference'])]
         result['overhead'] = {
-            'sec_per_step_ratio': result['framework']['sec_per_step'] / result['reference']['sec_per_step'],
-            'paired_ratio_median': statistics.median(pairs),
-            'paired_ratios': pairs,
-        }
+            f'{key}_ratio': result['framework'][key] / result['reference'][key]
+            for key in ('sec_per_step', 'sec_per_step_min', 'cpu_sec_per_step')}
+        result['overhead'].update(paired_ratio_median=statistics.median(pairs), paired_ratios=pairs)
     return result
 
 
 def format_table(result: dict) -> str:
-    """The result as aligned text: one row per loop, then the overhead ratio and the machine load."""
+    """The result as aligned text: one row per measure, one column per loop, then the overhead
+    ratios and the machine load."""
     loops = [name for name in ('framework', 'reference') if name in result]
-    columns = [(key, title, fmt) for key, title, fmt in FIELDS if key in result['framework']]
-    rows = [['loop'] + [title for _, title, _ in columns]]
-    rows += [[name] + [fmt.format(result[name][key]) for key, _, fmt in columns] for name in loops]
+    rows = [['', *loops]]
+    rows += [[title, *(fmt.format(result[name][key]) for name in loops)]
+             for key, title, fmt in FIELDS if key in result['framework']]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ['  '.join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
+    lines = [row[0].ljust(widths[0]) + ''.join(cell.rjust(width + 2) for cell, width in zip(row[1:], widths[1:]))
+             for row in rows]
     if 'overhead' in result:
         overhead = result['overhead']
-        lines.append(f'framework / bare loop, seconds per step: {overhead["sec_per_step_ratio"]:.3f} '
+        lines.append(f'framework / bare loop: median s/step {overhead["sec_per_step_ratio"]:.3f}, '
+                     f'fastest s/step {overhead["sec_per_step_min_ratio"]:.3f}, '
+                     f'CPU s/step {overhead["cpu_sec_per_step_ratio"]:.3f} '
                      f'(median of paired repeats {overhead["paired_ratio_median"]:.3f})')
     load = result['load_average_1min']
     lines.append(f'{result["steps"]} steady steps after {result["warmup"]} warm-up, {result["repeats"]} repeat(s), '

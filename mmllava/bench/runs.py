@@ -17,12 +17,9 @@ from mmengine.hooks import Hook
 
 from mmllava.bench.measure import StepRecorder, reset_peak_memory
 from mmllava.config import build
+from mmllava.engine.runner import _type_name
 
 _NOT_TIMED_HOOKS = ('EvaluateChatHook', 'DatasetInfoHook')
-
-
-def _type_name(obj_type) -> str:
-    return obj_type if isinstance(obj_type, str) else getattr(obj_type, '__name__', '')
 
 
 class _BatchReady(Hook):
@@ -53,8 +50,10 @@ def runner_config(cfg, steps: int, warmup: int, work_dir: str):
     from mmllava.engine.runner import prepare_config
 
     cfg = prepare_config(cfg, work_dir=work_dir)
-    loop = {k: v for k, v in cfg.train_cfg.items() if k != 'max_epochs'}  # the config's own loop type
-    cfg.train_cfg = {**loop, 'max_iters': warmup + steps}
+    loop = copy.deepcopy(cfg.train_cfg)  # the config's loop type, kept an unbuilt lazy import
+    loop.pop('max_epochs', None)
+    loop['max_iters'] = warmup + steps
+    cfg.train_cfg = loop
     cfg.custom_hooks = [h for h in cfg.custom_hooks
                         if not (isinstance(h, dict) and _type_name(h.get('type')) in _NOT_TIMED_HOOKS)]
     if cfg.get('default_hooks'):
@@ -94,10 +93,12 @@ def _to_device(data: dict, device: torch.device) -> dict:
 
 
 def run_reference(cfg, steps: int, warmup: int) -> dict:
-    """The bare loop on ``cfg`` (as prepared by ``runner_config``): build the model, the dataloader
-    and the optimizer from the config, then ``loss.backward(); clip; opt.step()`` per batch."""
+    """The bare loop on ``cfg``: build the model, the dataloader and the optimizer from the config,
+    then ``loss.backward(); clip; opt.step()`` per batch."""
     from mmengine.runner import Runner
 
+    # Prepared as for the runner (e.g. the CPU optimizer wrapper); nothing is written to a work dir.
+    cfg = runner_config(cfg, steps, warmup, work_dir=tempfile.gettempdir())
     seed = (cfg.get('randomness') or {}).get('seed', 0)
     torch.manual_seed(seed)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')

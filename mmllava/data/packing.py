@@ -14,13 +14,16 @@ from the restarting position ids. Samples are never split (an image cannot be), 
 first label is masked, because in an unpacked row the first token is never predicted: the per-token
 loss is the unpacked run's.
 
-In a config::
+In a config (the tiny LLaVA configs have this switch, off by default; docs/benchmarks.md measures it)::
 
     pack_to_max_length = True
-    train_dataset = dict(type=PackedDataset, dataset=llava_dataset, max_tokens=max_length)
+    train_dataset = (dict(type=PackedDataset, dataset=llava_dataset, max_tokens=max_length)
+                     if pack_to_max_length else llava_dataset)
+    train_dataloader = dict(batch_size=batch_size, dataset=train_dataset, ...)
 
-and ``dataset=train_dataset`` in ``train_dataloader`` (sampler and collate stay as they are:
-``modality_length`` of a pack is its token count, positive when it holds an image).
+``batch_size`` then counts packs; sampler and collate stay as they are (``modality_length`` of a
+pack is its token count, positive when it holds an image, so ``LengthGroupedSampler`` still keeps
+packs with and without images apart).
 """
 from __future__ import annotations
 

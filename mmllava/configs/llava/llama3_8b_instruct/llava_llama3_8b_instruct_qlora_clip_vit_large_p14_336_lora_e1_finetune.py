@@ -1,0 +1,155 @@
+# LLaVA fine-tune: Llama-3-8B-Instruct (QLoRA) + CLIP-ViT-L/14-336 (LoRA), projector trained.
+# Seed 002: edit pretrained_pth (XTuner's llama3 iter_2181.pth works), llm_name_or_path,
+# visual_encoder_name_or_path, data_root, data_path, image_folder, then
+#   mmllava train THIS_FILE --work-dir WORK_DIR --deepspeed deepspeed_zero2
+import torch
+from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
+from peft import LoraConfig
+from torch.optim import AdamW
+from transformers import BitsAndBytesConfig
+
+from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+from mmllava.data import LengthGroupedSampler, LLaVADataset, llava_collate
+from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop
+from mmllava.models import LLaVAModel
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+# Model
+llm_name_or_path = 'meta-llama/Meta-Llama-3-8B-Instruct'
+visual_encoder_name_or_path = 'openai/clip-vit-large-patch14-336'
+# The projector from the pretrain stage: our iter_N.pth, XTuner's iter_2181.pth or LLaVA's mm_projector.bin
+pretrained_pth = './work_dirs/llava_llama3_8b_instruct_clip_vit_large_p14_336_e1_gpu8_pretrain/iter_2181.pth'  # noqa: E501
+
+# Data
+data_root = './data/llava_data/'
+data_path = data_root + 'repeated_data.json'
+image_folder = data_root
+prompt_template = 'llama3_chat'
+max_length = int(2048 - (336 / 14)**2)
+
+# Scheduler & Optimizer
+batch_size = 1  # per device
+accumulative_counts = 1
+dataloader_num_workers = 4
+max_epochs = 1
+optim_type = AdamW
+lr = 2e-4
+betas = (0.9, 0.999)
+weight_decay = 0
+max_norm = 1  # grad clip
+warmup_ratio = 0.03
+
+# Save
+save_steps = 300
+save_total_limit = 2  # Maximum checkpoints to keep (-1 means unlimited)
+
+# Evaluate the generation performance during the training
+evaluation_freq = 500
+SYSTEM = ''
+evaluation_images = data_root + 'test_img/oph.jpg'
+evaluation_inputs = ['Describe this image.', 'What is the equipment in the image?']
+
+#######################################################################
+#            PART 2  Model & Tokenizer & Image Processor              #
+#######################################################################
+tokenizer = dict(type=load_tokenizer, path=llm_name_or_path)
+
+image_processor = dict(type=load_image_processor, path=visual_encoder_name_or_path)
+
+model = dict(
+    type=LLaVAModel,
+    freeze_llm=True,
+    freeze_visual_encoder=True,
+    pretrained_pth=pretrained_pth,
+    llm=dict(
+        type=load_llm,
+        path=llm_name_or_path,
+        torch_dtype=torch.bfloat16,
+        quantization_config=dict(
+            type=BitsAndBytesConfig,
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type='nf4')),
+    llm_lora=dict(type=LoraConfig, r=512, lora_alpha=256, lora_dropout=0.05, bias='none', task_type='CAUSAL_LM'),
+    visual_encoder=dict(type=load_vision_encoder, path=visual_encoder_name_or_path, torch_dtype=torch.bfloat16),
+    visual_encoder_lora=dict(type=LoraConfig, r=64, lora_alpha=16, lora_dropout=0.05, bias='none'))
+
+#######################################################################
+#                      PART 3  Dataset & Dataloader                   #
+#######################################################################
+llava_dataset = dict(
+    type=LLaVADataset,
+    data_path=data_path,
+    image_folder=image_folder,
+    tokenizer=tokenizer,
+    image_processor=image_processor,
+    template=prompt_template,
+    max_length=max_length,
+    pad_image_to_square=True)
+
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=dataloader_num_workers,
+    pin_memory=True,
+    persistent_workers=dataloader_num_workers > 0,
+    dataset=llava_dataset,
+    sampler=dict(type=LengthGroupedSampler, length_property='modality_length',
+                 per_device_batch_size=batch_size * accumulative_counts),
+    collate_fn=dict(type=llava_collate))
+
+#######################################################################
+#                    PART 4  Scheduler & Optimizer                    #
+#######################################################################
+# AmpOptimWrapper runs bf16 autocast on CUDA; on a CPU mmllava uses a plain OptimWrapper.
+optim_wrapper = dict(
+    type=AmpOptimWrapper,
+    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts,
+    loss_scale='dynamic',
+    dtype='bfloat16')
+
+param_scheduler = [
+    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs,
+         convert_to_iter_based=True),
+    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs,
+         convert_to_iter_based=True)
+]
+
+train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
+custom_hooks = [
+    dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(type=EvaluateChatHook,
+         tokenizer=tokenizer,
+         image_processor=image_processor,
+         every_n_iters=evaluation_freq,
+         evaluation_inputs=evaluation_inputs,
+         evaluation_images=evaluation_images,
+         system=SYSTEM,
+         prompt_template=prompt_template)
+]
+
+default_hooks = dict(
+    timer=dict(type=IterTimerHook),
+    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
+    param_scheduler=dict(type=ParamSchedulerHook),
+    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    sampler_seed=dict(type=DistSamplerSeedHook))
+
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+               dist_cfg=dict(backend='nccl'))
+
+visualizer = None
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=None, deterministic=False)
+log_processor = dict(by_epoch=False)

@@ -1,0 +1,49 @@
+"""``mmllava bench`` on the tiny LLaVA config: the runner and the bare loop both run, every field is reported."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmllava.bench.report import FIELDS
+from mmllava.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = 'llava_tiny_internlm2_chat_clip_pretrain'
+
+
+def _options(tiny_zoo) -> list[str]:
+    return [f'llm_name_or_path={tiny_zoo["internlm2_chat"]}', f'visual_encoder_name_or_path={tiny_zoo["clip_vit"]}',
+            f'data_root={REPO / "data" / "synthetic"}/']
+
+
+def test_bench_reports_every_field(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert main(['bench', CONFIG, '--steps', '3', '--warmup', '1', '--json', str(out),
+                 '--cfg-options', *_options(tiny_zoo)]) == 0
+    result = json.loads(out.read_text())
+    expected = {key for key, _, _ in FIELDS if key != 'cuda_max_allocated_mb'}
+    for loop in ('framework', 'reference'):
+        assert expected <= result[loop].keys(), loop
+        assert result[loop]['steps'] == 3
+        assert result[loop]['real_tokens_per_sec'] > 0 and result[loop]['cpu_rss_mb'] > 0
+        assert 0 <= result[loop]['padding_fraction'] < 1 and 0 <= result[loop]['data_wait_fraction'] < 1
+    # identical batches in both loops
+    assert result['framework']['real_tokens_per_step'] == result['reference']['real_tokens_per_step']
+    assert result['overhead']['sec_per_step_ratio'] > 0 and len(result['overhead']['paired_ratios']) == 1
+    assert result['load_average_1min'].keys() == {'before', 'after'}
+    table = capsys.readouterr().out
+    assert 'framework / bare loop' in table and 'real tok/s' in table
+
+
+def test_bench_packed_runner_only(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert main(['bench', CONFIG, '--steps', '2', '--warmup', '1', '--no-reference', '--json', str(out),
+                 '--cfg-options', *_options(tiny_zoo), 'pack_to_max_length=True']) == 0
+    result = json.loads(out.read_text())
+    assert 'reference' not in result and 'overhead' not in result
+    assert result['framework']['samples_per_step'] > 8  # packs of several samples, 8 rows a step
+
+
+def test_bench_rejects_bad_steps(capsys):
+    assert main(['bench', CONFIG, '--steps', '0']) == 1
+    assert '--steps must be at least 1' in capsys.readouterr().err
