@@ -38,6 +38,13 @@ class MultimodalModel(BaseModel):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ weights
+    def init_weights(self) -> None:
+        """Nothing to initialise: towers come from checkpoints, projectors from ``nn.Linear``.
+
+        mmengine's default walks every parameter to log its statistics, which fails on
+        bitsandbytes' uint8 NF4 storage (``mean(): could not infer output dtype ... Byte``).
+        """
+
     def state_dict_all_names(self) -> set[str]:
         """Every key of the full (unfiltered) state dict."""
         return set(nn.Module.state_dict(self).keys())

@@ -69,13 +69,6 @@ class LLaVAModel(MultimodalModel):
             self.load_pretrained(pretrained_pth)
 
     # ------------------------------------------------------------------ weights
-    def init_weights(self) -> None:
-        """Nothing to initialise: towers come from checkpoints, the projector from ``nn.Linear``.
-
-        mmengine's default walks every parameter to log its statistics, which fails on
-        bitsandbytes' uint8 NF4 storage (``mean(): could not infer output dtype ... Byte``).
-        """
-
     def load_pretrained(self, path: str) -> None:
         """Load a projector (and any of our trained weights) from ``path``; any format in
         ``mmllava.formats.llava``. Unknown keys are an error, never silently ignored."""
