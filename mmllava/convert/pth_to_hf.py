@@ -109,8 +109,9 @@ def pth_to_hf(config: str | os.PathLike, checkpoint: str | os.PathLike, save_dir
             export_hf_llava(model, tokenizer, image_processor, template, save_dir, dtype, max_shard_size)
         else:
             from mmllava.convert.official_llava import export_official
+            from mmllava.data.packing import unpacked_dataset_cfg
 
-            dataset = cfg.get('train_dataloader', {}).get('dataset', {})
+            dataset = unpacked_dataset_cfg(cfg.get('train_dataloader', {}).get('dataset', {}))
             export_official(model, tokenizer, template, save_dir, dtype,
                             vision_source=str(cfg.get('visual_encoder_name_or_path')
                                               or model.visual_encoder.config._name_or_path),

@@ -121,3 +121,11 @@ class PackedDataset(torch.utils.data.Dataset):
     def num_samples(self) -> int:
         """Samples in all packs (``len(self)`` counts packs)."""
         return sum(len(pack) for pack in self.packs)
+
+
+def unpacked_dataset_cfg(dataset_cfg):
+    """The sample dataset's config inside ``dict(type=PackedDataset, dataset=...)`` (else unchanged),
+    for tools that read the samples' settings rather than train on packs."""
+    if isinstance(dataset_cfg, dict) and dataset_cfg.get('type') is PackedDataset:
+        return dataset_cfg.get('dataset')
+    return dataset_cfg

@@ -41,8 +41,9 @@ def build_training_dataset(cfg, **overrides):
     """
     from mmllava.config import build
     from mmllava.data.llava_dataset import LLaVADataset
+    from mmllava.data.packing import unpacked_dataset_cfg
 
-    dataset_cfg = (cfg.get('train_dataloader') or {}).get('dataset')
+    dataset_cfg = unpacked_dataset_cfg((cfg.get('train_dataloader') or {}).get('dataset'))
     if not isinstance(dataset_cfg, dict) or dataset_cfg.get('type') is not LLaVADataset:
         raise MMLLaVAError(f'{cfg.filename}: train_dataloader.dataset must be dict(type=LLaVADataset, ...) '
                            'for this command')
