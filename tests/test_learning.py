@@ -11,6 +11,7 @@ while shape, count and side questions stay near chance (measured: colour 24/24, 
 11/24, side 13/24 after 650 QLoRA steps), so a test on them would measure luck, not the pipeline.
 """
 import json
+import os
 
 import pytest
 
@@ -34,8 +35,13 @@ def trained(tiny_zoo, tmp_path_factory):
     assert main(['train', PRETRAIN, '--work-dir', str(run['pretrain']), '--cfg-options', *common,
                  'max_epochs=1']) == 0
     run['before'] = _evaluate(PRETRAIN, run['pretrain'], run, root / 'before.jsonl')
-    assert main(['train', FINETUNE, '--work-dir', str(run['finetune']), '--deepspeed', 'deepspeed_zero2',
-                 '--cfg-options', *common, 'max_epochs=2', f'pretrained_pth={run["pretrain"]}']) == 0
+    environ = dict(os.environ)  # in-process DeepSpeed sets launcher variables; later tests must not inherit them
+    try:
+        assert main(['train', FINETUNE, '--work-dir', str(run['finetune']), '--deepspeed', 'deepspeed_zero2',
+                     '--cfg-options', *common, 'max_epochs=2', f'pretrained_pth={run["pretrain"]}']) == 0
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     run['after'] = _evaluate(FINETUNE, run['finetune'], run, root / 'after.jsonl')
     return run
 

@@ -64,4 +64,14 @@ def run(args):
         runner.train()
     except MMLLaVAError as e:
         raise with_config_hint(cfg, e) from None
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group():
+    """Release the process group (and its TCP port) so a caller can train again in-process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
