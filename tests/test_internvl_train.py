@@ -3,7 +3,8 @@ synthetic shapes task from pixels (held-out exact match), and resuming from a mi
 (seed 003's ``load_from`` + ``resume=True``, or ``--resume``) logs the uninterrupted run's losses.
 
 Measured with the shipped tiny config (264 iterations): 0.00 before, 0.52 after (colour 12/12; the
-spatial questions, side and count, stay at chance). A frozen random tiny LLM with LoRA must learn a
+spatial questions, side and count, stay at chance); on colour questions alone 0.00 before and 0.98
+after (the last test). A frozen random tiny LLM with LoRA must learn a
 position-selective read-out of 16 image tokens through RoPE alone, which this budget does not buy
 (the features carry the side: a linear probe on them is exact); the real InternVL2 starts aligned."""
 from __future__ import annotations
