@@ -38,6 +38,25 @@ class MultimodalModel(BaseModel):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ weights
+    def _setup_training(self, vision: nn.Module, freeze_llm: bool, freeze_visual_encoder: bool,
+                        use_activation_checkpointing: bool, llm_lora, visual_encoder_lora) -> nn.Module:
+        """Freeze, quantisation prep, gradient checkpointing and LoRA for ``self.llm`` and ``vision``;
+        returns ``vision`` (wrapped by PEFT when it gets LoRA) for the subclass to store."""
+        from mmllava.models.lora import GRADIENT_CHECKPOINTING_KWARGS, apply_lora, prepare_llm
+
+        if freeze_llm:
+            self.llm.requires_grad_(False)
+        if freeze_visual_encoder:
+            vision.requires_grad_(False)
+        self.llm = prepare_llm(self.llm, use_activation_checkpointing)
+        if use_activation_checkpointing and not freeze_visual_encoder:
+            vision.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS)
+        self.use_llm_lora = llm_lora is not None
+        self.use_visual_encoder_lora = visual_encoder_lora is not None
+        if self.use_llm_lora:
+            self.llm = apply_lora(self.llm, llm_lora)
+        return apply_lora(vision, visual_encoder_lora) if self.use_visual_encoder_lora else vision
+
     def init_weights(self) -> None:
         """Nothing to initialise: towers come from checkpoints, projectors from ``nn.Linear``.
 

@@ -18,7 +18,6 @@ from torch import nn
 from mmllava.config import build
 from mmllava.errors import MMLLaVAError
 from mmllava.models.base import MultimodalModel
-from mmllava.models.lora import GRADIENT_CHECKPOINTING_KWARGS, apply_lora, prepare_llm
 
 
 def pixel_shuffle(features: torch.Tensor, scale: float) -> torch.Tensor:
@@ -64,21 +63,8 @@ class InternVLModel(MultimodalModel):
         self.freeze_visual_encoder = freeze_visual_encoder
         self.loss_chunk_size = loss_chunk_size
 
-        if freeze_llm:
-            self.llm.requires_grad_(False)
-        if freeze_visual_encoder:
-            self.vision_tower.requires_grad_(False)
-        self.llm = prepare_llm(self.llm, use_activation_checkpointing)
-        if use_activation_checkpointing and not freeze_visual_encoder:
-            self.vision_tower.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS)
-
-        self.use_llm_lora = llm_lora is not None
-        self.use_visual_encoder_lora = visual_encoder_lora is not None
-        if self.use_llm_lora:
-            self.llm = apply_lora(self.llm, llm_lora)
-        if self.use_visual_encoder_lora:
-            self.vision_tower = apply_lora(self.vision_tower, visual_encoder_lora)
+        self.vision_tower = self._setup_training(self.vision_tower, freeze_llm, freeze_visual_encoder,
+                                                 use_activation_checkpointing, llm_lora, visual_encoder_lora)
         if pretrained_pth is not None:
             self.load_pretrained(pretrained_pth)
 

@@ -12,7 +12,7 @@ from torch import nn
 from mmllava.config import build
 from mmllava.errors import MMLLaVAError
 from mmllava.models.base import MultimodalModel
-from mmllava.models.lora import GRADIENT_CHECKPOINTING_KWARGS, apply_lora, is_quantized, prepare_llm
+from mmllava.models.lora import is_quantized
 from mmllava.models.projector import Projector
 
 
@@ -49,22 +49,8 @@ class LLaVAModel(MultimodalModel):
         self.projector.to(self.llm.get_input_embeddings().weight.dtype if not is_quantized(self.llm)
                           else torch.float32)
 
-        if freeze_llm:
-            self.llm.requires_grad_(False)
-        if freeze_visual_encoder:
-            self.visual_encoder.requires_grad_(False)
-
-        self.llm = prepare_llm(self.llm, use_activation_checkpointing)
-        if use_activation_checkpointing and not freeze_visual_encoder:
-            self.visual_encoder.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS)
-
-        self.use_llm_lora = llm_lora is not None
-        self.use_visual_encoder_lora = visual_encoder_lora is not None
-        if self.use_llm_lora:
-            self.llm = apply_lora(self.llm, llm_lora)
-        if self.use_visual_encoder_lora:
-            self.visual_encoder = apply_lora(self.visual_encoder, visual_encoder_lora)
+        self.visual_encoder = self._setup_training(self.visual_encoder, freeze_llm, freeze_visual_encoder,
+                                                   use_activation_checkpointing, llm_lora, visual_encoder_lora)
         if pretrained_pth is not None:
             self.load_pretrained(pretrained_pth)
 
