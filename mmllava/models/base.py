@@ -9,6 +9,8 @@ and ``_unused_branch_zero()``.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
@@ -25,17 +27,17 @@ class MultimodalModel(BaseModel):
     llm: nn.Module
     loss_chunk_size: int
 
+    @abstractmethod
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels -> projected features ``[N, tokens, llm_hidden]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _unused_branch_zero(self) -> torch.Tensor:
         """0 x (the image branch's trained parameters), added to the loss of text-only batches.
 
         Every rank must produce gradients for the same parameters, or DDP/ZeRO wait forever when
         one rank draws a text-only batch (a known multi-GPU hang).
         """
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ weights
     def _setup_training(self, vision: nn.Module, freeze_llm: bool, freeze_visual_encoder: bool,
@@ -125,7 +127,7 @@ class MultimodalModel(BaseModel):
         if mode == 'tensor':
             return self.llm.get_output_embeddings()(hidden)
         if mode != 'loss':
-            raise NotImplementedError(f'{type(self).__name__}.forward: unsupported mode {mode!r}')
+            raise ValueError(f"{type(self).__name__}.forward: mode must be 'loss' or 'tensor', got {mode!r}")
         loss = self.labelled_loss(hidden, data['labels'])
         if pixel_values is None and self.training:
             loss = loss + self._unused_branch_zero()
