@@ -30,7 +30,8 @@ def apply() -> None:
     _APPLIED = True
 
 
-def _log(message: str, level: int = logging.INFO) -> None:
+def log(message: str, level: int = logging.INFO) -> None:
+    """A line in the current mmengine log (console and the run's log file)."""
     from mmengine.logging import print_log
 
     print_log(message, logger='current', level=level)
@@ -92,7 +93,7 @@ def _patch_cpu_dist_init() -> None:
 
 def _init_cpu_process_group(backend: str, init_backend: str, **kwargs) -> None:
     if backend != 'gloo':
-        _log(f'no CUDA device: using the gloo backend instead of {backend}')
+        log(f'no CUDA device: using the gloo backend instead of {backend}')
     if init_backend == 'deepspeed':
         import deepspeed
 
@@ -182,7 +183,7 @@ def cpu_optim_wrapper(optim_wrapper):
     for key in ('loss_scale', 'dtype', 'use_fsdp'):
         converted.pop(key, None)
     converted['type'] = 'OptimWrapper'
-    _log('no CUDA device: AmpOptimWrapper -> OptimWrapper (fp32)')
+    log('no CUDA device: AmpOptimWrapper -> OptimWrapper (fp32)')
     return converted
 
 

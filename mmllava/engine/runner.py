@@ -14,6 +14,7 @@ import uuid
 
 import torch
 
+from mmllava.engine.compat import log
 from mmllava.errors import MMLLaVAError
 
 
@@ -28,12 +29,6 @@ def _lazy(cls):
     return LazyObject(cls.__module__, cls.__name__)
 
 
-def _log(message: str, level: int = logging.INFO) -> None:
-    from mmengine.logging import print_log
-
-    print_log(message, logger='current', level=level)
-
-
 def _resolve_resume(cfg, resume, deepspeed: bool) -> None:
     """``resume``: None (keep the config's ``resume``/``load_from``), True (latest in the work
     dir) or a checkpoint path. Sets ``cfg.resume``/``cfg.load_from`` to an explicit checkpoint."""
@@ -46,7 +41,7 @@ def _resolve_resume(cfg, resume, deepspeed: bool) -> None:
     if resume is True:
         latest = find_latest_checkpoint(cfg.work_dir) if os.path.isdir(cfg.work_dir) else None
         if latest is None:
-            _log(f'--resume: no checkpoint in {cfg.work_dir} yet; training from the start', logging.WARNING)
+            log(f'--resume: no checkpoint in {cfg.work_dir} yet; training from the start', logging.WARNING)
             cfg.resume, cfg.load_from = False, None
             return
         resume = latest
@@ -79,7 +74,7 @@ def _visualizer(cfg) -> None:
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
-            _log('tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)', logging.WARNING)
+            log('tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)', logging.WARNING)
             cfg.visualizer.vis_backends = [b for b in backends
                                            if _type_name(b.get('type')) != 'TensorboardVisBackend']
 
