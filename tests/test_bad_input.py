@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from mmllava.cli import main
+from mmllava.errors import MMLLaVAError
 
 CONFIG = 'llava_tiny_internlm2_chat_qlora_clip_finetune'
 SHAPES = Path(__file__).resolve().parent.parent / 'data' / 'synthetic' / 'images'
@@ -180,3 +182,17 @@ def test_skip_bad_samples_trains_on_the_rest_and_says_what_it_skipped(workspace,
     assert line in out + err
     log = next((workspace / 'work' / 'skip').glob('*/*.log')).read_text()
     assert line in log and 'training dataset: 2 samples' in log
+
+
+def test_an_error_in_a_dataloader_worker_keeps_its_one_line_message():
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise MMLLaVAError(f'data.json:{index}: image file not found: a: b.png')
+
+    loader = torch.utils.data.DataLoader(Broken(), num_workers=1)
+    with pytest.raises(MMLLaVAError) as caught:
+        next(iter(loader))
+    assert str(caught.value) == 'data.json:0: image file not found: a: b.png'

@@ -97,6 +97,9 @@ def run_reference(cfg, steps: int, warmup: int) -> dict:
     then ``loss.backward(); clip; opt.step()`` per batch."""
     from mmengine.runner import Runner
 
+    from mmllava.engine import compat
+
+    compat.apply()  # the runner's dataloader fixes, so both loops get their batches the same way
     # Prepared as for the runner (e.g. the CPU optimizer wrapper); nothing is written to a work dir.
     cfg = runner_config(cfg, steps, warmup, work_dir=tempfile.gettempdir())
     seed = (cfg.get('randomness') or {}).get('seed', 0)

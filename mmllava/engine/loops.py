@@ -80,7 +80,7 @@ class TrainLoop(BaseLoop):
             self._epoch = self._iter // len(self.dataloader)
             self.runner.call_hook('before_train_epoch')
             for data_batch in self._epoch_batches(resuming):
-                self.runner.model.train()
+                _ensure_training(self.runner.model)
                 self.run_iter(data_batch)
                 if self._iter >= self._max_iters or self.stop_training:
                     break
@@ -130,6 +130,14 @@ class TrainLoop(BaseLoop):
             sampler.set_epoch(epoch)
         elif hasattr(getattr(self.dataloader, 'batch_sampler', None), 'set_epoch'):
             self.dataloader.batch_sampler.set_epoch(epoch)
+
+
+def _ensure_training(model) -> None:
+    """``model.train()`` unless it is training already: the call walks every submodule (0.5 ms a
+    step on the tiny model), while only a hook that evaluated leaves the model in eval mode.
+    DeepSpeed's engine keeps its own flag at True, so the flag is read on the wrapped module."""
+    if not getattr(model, 'module', model).training:
+        model.train()
 
 
 def _mean_over_ranks(outputs):

@@ -31,7 +31,7 @@ max_dynamic_patch = 6
 # Scheduler & Optimizer
 batch_size = 8  # per device
 accumulative_counts = 1
-dataloader_num_workers = 0
+dataloader_num_workers = 1  # one worker hides image decoding (docs/benchmarks.md)
 max_epochs = 8
 optim_type = AdamW
 lr = 2e-3

@@ -32,7 +32,7 @@ pack_to_max_length = False
 # Scheduler & Optimizer
 batch_size = 8  # per device
 accumulative_counts = 1
-dataloader_num_workers = 0
+dataloader_num_workers = 1  # one worker hides image decoding (docs/benchmarks.md)
 max_epochs = 3
 optim_type = AdamW
 lr = 1e-3
