@@ -8,6 +8,7 @@ follows. Dotted keys (``model.freeze_llm=False``) are merged into the loaded con
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import os
 import shutil
@@ -182,6 +183,35 @@ def build(cfg: Any) -> Any:
         return cfg
     kwargs = {k: build(v) for k, v in cfg.items() if k != 'type'}
     return _resolve_type(cfg['type'])(**kwargs)
+
+
+@contextlib.contextmanager
+def reported_config_errors(cfg):
+    """Run a command's building and training so that the user's mistakes are one line each:
+    ``MMLLaVAError`` gets ``with_config_hint``, and a component the config calls with arguments it
+    does not take (``TypeError`` raised at the call in a builder, not inside the component)
+    becomes ``CONFIG: <what Python says>``. Any other error keeps its traceback."""
+    try:
+        yield
+    except MMLLaVAError as e:
+        raise with_config_hint(cfg, e) from None
+    except TypeError as e:
+        if not _raised_by_a_builder(e):
+            raise
+        raise MMLLaVAError(f'{cfg.filename}: {e}') from None
+
+
+def _raised_by_a_builder(error: BaseException) -> bool:
+    """The innermost Python frame of ``error`` is mmengine's ``build_from_cfg`` or our ``build``:
+    the call itself failed (a wrong argument), nothing ran inside the component."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    return (frame.f_code.co_name, frame.f_globals.get('__name__')) in {
+        ('build_from_cfg', 'mmengine.registry.build_functions'), ('build', __name__)}
 
 
 def with_config_hint(cfg, error: MMLLaVAError) -> MMLLaVAError:

@@ -113,3 +113,32 @@ def test_unknown_name_suggests_similar():
         find_config('internlm2_chat_1_8b_qlora')
     assert "no config named 'internlm2_chat_1_8b_qlora'" in str(e.value)
     assert 'similar: llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune' in str(e.value)
+
+
+def _takes_a_size(size: int):
+    if size < 0:
+        raise TypeError('size must be a natural number')  # a TypeError raised inside the component
+    return size
+
+
+def test_a_component_called_with_a_wrong_argument_is_one_line_naming_the_config():
+    from types import SimpleNamespace
+
+    from mmengine.runner import Runner
+
+    from mmllava.config import reported_config_errors
+
+    cfg = SimpleNamespace(filename='my_config.py', items=dict().items, keys=dict().keys)
+    with pytest.raises(MMLLaVAError) as ours:
+        with reported_config_errors(cfg):
+            build(dict(type=_takes_a_size, sise=3))
+    assert str(ours.value) == "my_config.py: _takes_a_size() got an unexpected keyword argument 'sise'"
+    with pytest.raises(MMLLaVAError) as mmengine_built:
+        with reported_config_errors(cfg):
+            Runner.build_dataloader(dict(batch_size=1, dataset=[1, 2], sampler=dict(type='DefaultSampler', shufle=True)))
+    assert str(mmengine_built.value) == ("my_config.py: DefaultSampler.__init__() got an unexpected keyword "
+                                         "argument 'shufle'")
+    # raised inside the component: a bug or a value error there, so the traceback stays
+    with pytest.raises(TypeError, match='size must be a natural number'):
+        with reported_config_errors(cfg):
+            build(dict(type=_takes_a_size, size=-1))

@@ -28,6 +28,8 @@ def test_user_error_is_one_line_exit_1_and_cfg_options_reach_derived_fields(tmp_
     (['{cfg}', '--deepspeed', 'zero9'], '--deepspeed zero9: neither a JSON file nor a shipped config'),
     (['{cfg}', '--resume', '/nonexistent/iter_1.pth'], 'checkpoint not found: /nonexistent/iter_1.pth'),
     (['{cfg}', '--resume', '{zero_folder}'], 'was written with --deepspeed; resume it with --deepspeed'),
+    (['{cfg}', '--cfg-options', "train_dataloader.sampler={{'type':'DefaultSampler','shuffle':True}}"],
+     "{cfg}: DefaultSampler.__init__() got an unexpected keyword argument 'length_property'"),
 ])
 def test_user_errors_are_reported_as_one_line(tmp_path, capsys, args, message):
     config = write_toy_config(tmp_path)
@@ -36,7 +38,7 @@ def test_user_errors_are_reported_as_one_line(tmp_path, capsys, args, message):
     args = [a.format(cfg=config, zero_folder=zero_folder) for a in args]
     assert main(['train', *args, '--work-dir', str(tmp_path / 'work')]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('mmllava train: error:')]
-    assert len(errors) == 1 and message in errors[0]
+    assert len(errors) == 1 and message.format(cfg=config) in errors[0]
 
 
 def test_cfg_options_move_the_dataset_and_work_dir_holds_the_run(tmp_path):

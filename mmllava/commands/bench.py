@@ -22,7 +22,7 @@ def run(args):
     import json
 
     from mmllava.bench.report import benchmark, format_table
-    from mmllava.config import load_config, parse_cfg_options
+    from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.errors import MMLLaVAError
 
     for name in ('steps', 'warmup', 'repeats'):
@@ -30,7 +30,8 @@ def run(args):
         if getattr(args, name) < minimum:
             raise MMLLaVAError(f'--{name} must be at least {minimum}, got {getattr(args, name)}')
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
-    result = benchmark(cfg, args.steps, args.warmup, args.repeats, reference=not args.no_reference)
+    with reported_config_errors(cfg):
+        result = benchmark(cfg, args.steps, args.warmup, args.repeats, reference=not args.no_reference)
     print(format_table(result))
     if args.json:
         with open(args.json, 'w') as f:

@@ -17,18 +17,15 @@ def add_arguments(parser):
 def run(args):
     from mmengine.logging import MMLogger
 
-    from mmllava.config import load_config, parse_cfg_options, with_config_hint
+    from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.data.llava_dataset import read_samples
     from mmllava.datatools.inspect import build_training_dataset, inspect_dataset
-    from mmllava.errors import MMLLaVAError
 
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
     # The dataset logs skipped samples as a warning; here the report lists them, so keep quiet.
     MMLogger.get_instance('mmllava_check_dataset', log_level='ERROR')
-    try:
+    with reported_config_errors(cfg):
         dataset = build_training_dataset(cfg, skip_bad_samples=True)
-    except MMLLaVAError as e:
-        raise with_config_hint(cfg, e) from None
     report = inspect_dataset(dataset, read_samples(dataset.data_path), verify_images=not args.no_verify_images)
     print('\n'.join(report.lines()), flush=True)
     return 0 if report.ok else 1

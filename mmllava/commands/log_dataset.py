@@ -14,17 +14,14 @@ def add_arguments(parser):
 
 
 def run(args):
-    from mmllava.config import load_config, parse_cfg_options, with_config_hint
+    from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.constants import IGNORE_INDEX
     from mmllava.datatools.display import VIEWS, render_view
     from mmllava.datatools.inspect import build_training_dataset
-    from mmllava.errors import MMLLaVAError
 
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
-    try:
+    with reported_config_errors(cfg):
         dataset = build_training_dataset(cfg)
-    except MMLLaVAError as e:
-        raise with_config_hint(cfg, e) from None
     views = VIEWS if args.show == 'all' else (args.show,)
     for sample in dataset.samples[:max(args.num_samples, 0)]:
         trained = sum(1 for label in sample['labels'] if label != IGNORE_INDEX)

@@ -50,20 +50,17 @@ def run(args):
             print('launching: ' + ' '.join(command), flush=True)
             return subprocess.run(command).returncode
 
-    from mmllava.config import load_config, parse_cfg_options, with_config_hint
+    from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.engine.runner import build_runner, prepare_config
-    from mmllava.errors import MMLLaVAError
 
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
     work_dir = args.work_dir or osp.join('work_dirs', osp.splitext(osp.basename(cfg.filename))[0])
     resume = True if args.resume is _RESUME_LATEST else args.resume
     try:
-        cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=args.deepspeed, launcher=args.launcher,
-                             resume=resume, seed=args.seed)
-        runner = build_runner(cfg)
-        runner.train()
-    except MMLLaVAError as e:
-        raise with_config_hint(cfg, e) from None
+        with reported_config_errors(cfg):
+            cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=args.deepspeed, launcher=args.launcher,
+                                 resume=resume, seed=args.seed)
+            build_runner(cfg).train()
     finally:
         _close_process_group()
     return 0
