@@ -5,6 +5,7 @@ means, how a bitsandbytes LLM is prepared for training and how gradient checkpoi
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import nn
@@ -36,7 +37,10 @@ def apply_lora(module: nn.Module, lora_cfg: Any, exclude: tuple[str, ...] = ('lm
     lora_config = build(lora_cfg)
     if lora_config.target_modules is None:
         lora_config.target_modules = find_linear_names(module, exclude)
-    return get_peft_model(module, lora_config)
+    with warnings.catch_warnings():
+        # PEFT reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning per model).
+        warnings.filterwarnings('ignore', message='`is_gradient_checkpointing` is deprecated', category=FutureWarning)
+        return get_peft_model(module, lora_config)
 
 
 def is_quantized(model: nn.Module) -> bool:
