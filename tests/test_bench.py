@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mmllava.bench.report import FIELDS
 from mmllava.cli import main
 
@@ -31,8 +33,25 @@ def test_bench_reports_every_field(tiny_zoo, tmp_path, capsys):
     assert result['framework']['real_tokens_per_step'] == result['reference']['real_tokens_per_step']
     assert result['overhead']['sec_per_step_ratio'] > 0 and len(result['overhead']['paired_ratios']) == 1
     assert result['load_average_1min'].keys() == {'before', 'after'}
+    # same model, batches, optimizer and lr schedule: the bare loop trains exactly as the runner
+    assert len(result['framework']['losses']) == 4
+    assert result['framework']['losses'] == result['reference']['losses']
+    assert result['loss_max_abs_diff'] == 0.0
     table = capsys.readouterr().out
     assert 'framework / bare loop' in table and 'real tok/s' in table
+    assert 'losses of the two loops: largest difference 0.00e+00 over 4 steps' in table
+
+
+def test_bench_under_deepspeed_trains_both_loops_alike(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert main(['bench', CONFIG, '--steps', '2', '--warmup', '1', '--deepspeed', 'zero2', '--json', str(out),
+                 '--cfg-options', *_options(tiny_zoo)]) == 0
+    result = json.loads(out.read_text())
+    assert result['deepspeed'] == 'zero2'
+    losses = result['framework']['losses']
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert result['reference']['losses'] == pytest.approx(losses, abs=1e-6)
+    assert 'DeepSpeed zero2' in capsys.readouterr().out
 
 
 def test_bench_packed_runner_only(tiny_zoo, tmp_path, capsys):

@@ -74,15 +74,16 @@ class _SharingStrategy(torch.utils.data.Dataset):
                 'x': torch.full((3,), float(index))}
 
 
+@pytest.mark.parametrize('runner', ['Runner', 'FlexibleRunner'])
 @pytest.mark.parametrize('num_workers', [1, 2])
-def test_runner_workers_share_batches_by_file_name_and_stay_seeded(num_workers):
-    from mmengine.runner import Runner
+def test_runner_workers_share_batches_by_file_name_and_stay_seeded(num_workers, runner):
+    import mmengine.runner
 
     from mmllava.engine import compat
 
     compat.apply()
     main_strategy = torch.multiprocessing.get_sharing_strategy()
-    loader = Runner.build_dataloader(dict(batch_size=1, num_workers=num_workers, dataset=dict(type=_SharingStrategy),
+    loader = getattr(mmengine.runner, runner).build_dataloader(dict(batch_size=1, num_workers=num_workers, dataset=dict(type=_SharingStrategy),
                                           sampler=dict(type='DefaultSampler', shuffle=False),
                                           collate_fn=dict(type='default_collate')), seed=7)
     batches = list(loader)

@@ -69,6 +69,7 @@ class StepRecorder:
     cpu_times: list[float] = field(default_factory=list)
     data_waits: list[float] = field(default_factory=list)
     counts: list[tuple[int, int, int]] = field(default_factory=list)
+    losses: list[torch.Tensor] = field(default_factory=list)
     _last_done: float | None = None
     _last_cpu: float | None = None
     _ready: float | None = None
@@ -82,8 +83,11 @@ class StepRecorder:
         self._ready = time.perf_counter()
         self.counts.append(batch_counts(data_batch))
 
-    def step_done(self) -> None:
+    def step_done(self, loss: torch.Tensor | None = None) -> None:
+        """The step is over; ``loss`` is kept as a tensor (reading it would sync a device)."""
         sync()
+        if loss is not None:
+            self.losses.append(loss.detach())
         now, cpu = time.perf_counter(), time.process_time()
         self.step_times.append(now - self._last_done)
         self.cpu_times.append(cpu - self._last_cpu)
@@ -95,7 +99,8 @@ class StepRecorder:
     def summary(self) -> dict[str, float]:
         """Steady-state figures over the steps after ``warmup``: median and fastest step time, the
         process's CPU seconds per step (all threads; less sensitive than wall time to other load
-        on a shared machine), throughput over the whole steady span, data wait, peak memory."""
+        on a shared machine), throughput over the whole steady span, data wait, peak memory, and
+        ``losses``: every step's loss, warm-up included."""
         times, waits = self.step_times[self.warmup:], self.data_waits[self.warmup:]
         counts = self.counts[self.warmup:]
         if not times:
@@ -115,4 +120,5 @@ class StepRecorder:
             'data_wait_sec_per_step': statistics.median(waits),
             'data_wait_fraction': sum(waits) / span,
             **peak_memory_mb(),
+            'losses': [float(loss) for loss in self.losses],
         }

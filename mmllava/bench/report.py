@@ -28,26 +28,29 @@ FIELDS = [
 
 
 def _median_fields(runs: list[dict]) -> dict:
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    """Per measure, the median over repeats (``losses`` are the same in every repeat: the first's)."""
+    return {key: runs[0][key] if key == 'losses' else statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = True) -> dict:
+def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = True,
+              deepspeed: str | None = None) -> dict:
     """Time ``cfg`` through the runner (and the bare loop), alternating ``repeats`` times; medians per field.
 
     ``overhead`` holds framework / bare-loop ratios of the median, the fastest and the CPU seconds
     per step, and the median of the per-repeat ratios (each pair ran back to back, so slow phases
-    of a shared machine cancel in part).
+    of a shared machine cancel in part). ``deepspeed`` (a ``--deepspeed`` value) runs both loops
+    through a DeepSpeed engine.
     """
     runs = {'framework': [], 'reference': []}
     load_before = os.getloadavg()
     for _ in range(repeats):
-        runs['framework'].append(run_framework(copy.deepcopy(cfg), steps, warmup))
+        runs['framework'].append(run_framework(copy.deepcopy(cfg), steps, warmup, deepspeed))
         gc.collect()
         if reference:
-            runs['reference'].append(run_reference(copy.deepcopy(cfg), steps, warmup))
+            runs['reference'].append(run_reference(copy.deepcopy(cfg), steps, warmup, deepspeed))
             gc.collect()
     result = {
-        'config': cfg.filename, 'steps': steps, 'warmup': warmup, 'repeats': repeats,
+        'config': cfg.filename, 'steps': steps, 'warmup': warmup, 'repeats': repeats, 'deepspeed': deepspeed,
         'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
         'torch_threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
         'load_average_1min': {'before': load_before[0], 'after': os.getloadavg()[0]},
@@ -61,6 +64,8 @@ def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = 
             f'{key}_ratio': result['framework'][key] / result['reference'][key]
             for key in ('sec_per_step', 'sec_per_step_min', 'cpu_sec_per_step')}
         result['overhead'].update(paired_ratio_median=statistics.median(pairs), paired_ratios=pairs)
+        result['loss_max_abs_diff'] = max(abs(f - r) for f, r in zip(result['framework']['losses'],
+                                                                      result['reference']['losses']))
     return result
 
 
@@ -80,8 +85,11 @@ def format_table(result: dict) -> str:
                      f'fastest s/step {overhead["sec_per_step_min_ratio"]:.3f}, '
                      f'CPU s/step {overhead["cpu_sec_per_step_ratio"]:.3f} '
                      f'(median of paired repeats {overhead["paired_ratio_median"]:.3f})')
+        lines.append(f'losses of the two loops: largest difference {result["loss_max_abs_diff"]:.2e} '
+                     f'over {len(result["framework"]["losses"])} steps')
     load = result['load_average_1min']
-    lines.append(f'{result["steps"]} steady steps after {result["warmup"]} warm-up, {result["repeats"]} repeat(s), '
+    deepspeed = f', DeepSpeed {result["deepspeed"]}' if result.get('deepspeed') else ''
+    lines.append(f'{result["steps"]} steady steps after {result["warmup"]} warm-up, {result["repeats"]} repeat(s){deepspeed}, '
                  f'device {result["device"]}, {result["torch_threads"]} torch threads on {result["cpu_count"]} CPUs, '
                  f'1-min load {load["before"]:.1f} -> {load["after"]:.1f}')
     return '\n'.join(lines)

@@ -1,6 +1,8 @@
 """The two loops a benchmark times on one config: mmengine's runner (``build_runner``, every hook the
 config and ``mmllava train`` add) and a bare PyTorch loop on an identically built model, the same
-batches and the same optimizer (with the config's gradient clipping), nothing else.
+batches, the same optimizer (with the config's gradient clipping) and learning-rate schedule,
+nothing else; with ``deepspeed``, both through a DeepSpeed engine of the same ZeRO config. Both
+record every step's loss, so the two can be checked to train identically.
 
 Evaluation, sample logging and checkpoint saving are switched off in the runner: they are work the
 user asked for, not per-step overhead, and would land in single steps.
@@ -8,6 +10,7 @@ user asked for, not per-step overhead, and would land in single steps.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import tempfile
 from contextlib import nullcontext
@@ -42,14 +45,15 @@ class _StepDone(Hook):
         self.recorder.start()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        self.recorder.step_done()
+        self.recorder.step_done(outputs['loss'])
 
 
-def runner_config(cfg, steps: int, warmup: int, work_dir: str):
-    """``cfg`` prepared as ``mmllava train`` does, for ``warmup + steps`` iterations (see module doc)."""
+def runner_config(cfg, steps: int, warmup: int, work_dir: str, deepspeed: str | None = None):
+    """``cfg`` prepared as ``mmllava train [--deepspeed ZERO]`` does, for ``warmup + steps``
+    iterations (see module doc)."""
     from mmllava.engine.runner import prepare_config
 
-    cfg = prepare_config(cfg, work_dir=work_dir)
+    cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=deepspeed)
     loop = copy.deepcopy(cfg.train_cfg)  # the config's loop type, kept an unbuilt lazy import
     loop.pop('max_epochs', None)
     loop['max_iters'] = warmup + steps
@@ -61,13 +65,13 @@ def runner_config(cfg, steps: int, warmup: int, work_dir: str):
     return cfg
 
 
-def run_framework(cfg, steps: int, warmup: int) -> dict:
+def run_framework(cfg, steps: int, warmup: int, deepspeed: str | None = None) -> dict:
     """Train ``warmup + steps`` iterations with ``build_runner``; the steady-state summary."""
     from mmllava.engine.runner import build_runner
 
     work_dir = tempfile.mkdtemp(prefix='mmllava_bench_')
     try:
-        runner = build_runner(runner_config(cfg, steps, warmup, work_dir))
+        runner = build_runner(runner_config(cfg, steps, warmup, work_dir, deepspeed))
         recorder = StepRecorder(warmup)
         runner.register_hook(_BatchReady(recorder), priority='HIGHEST')
         runner.register_hook(_StepDone(recorder), priority='LOWEST')
@@ -92,16 +96,17 @@ def _to_device(data: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
 
 
-def run_reference(cfg, steps: int, warmup: int) -> dict:
-    """The bare loop on ``cfg``: build the model, the dataloader and the optimizer from the config,
-    then ``loss.backward(); clip; opt.step()`` per batch."""
+def run_reference(cfg, steps: int, warmup: int, deepspeed: str | None = None) -> dict:
+    """The bare loop on ``cfg``: build the model, the dataloader, the optimizer and the lr schedule
+    from the config, then per batch ``loss.backward(); clip; opt.step()`` (or DeepSpeed's
+    ``engine.backward(loss); engine.step()``) and the schedulers' step."""
     from mmengine.runner import Runner
 
     from mmllava.engine import compat
 
     compat.apply()  # the runner's dataloader fixes, so both loops get their batches the same way
     # Prepared as for the runner (e.g. the CPU optimizer wrapper); nothing is written to a work dir.
-    cfg = runner_config(cfg, steps, warmup, work_dir=tempfile.gettempdir())
+    cfg = runner_config(cfg, steps, warmup, work_dir=tempfile.gettempdir(), deepspeed=deepspeed)
     seed = (cfg.get('randomness') or {}).get('seed', 0)
     torch.manual_seed(seed)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -109,11 +114,11 @@ def run_reference(cfg, steps: int, warmup: int) -> dict:
     loader = Runner.build_dataloader(copy.deepcopy(cfg.train_dataloader), seed=seed)
     wrapper = cfg.optim_wrapper
     optimizer = build({**copy.deepcopy(wrapper.optimizer), 'params': [p for p in model.parameters() if p.requires_grad]})
-    clip = wrapper.get('clip_grad')
-    # Same precision as the runner: AmpOptimWrapper autocasts on CUDA (prepare_config drops it on a CPU).
-    autocast = (torch.autocast('cuda', dtype=getattr(torch, wrapper.get('dtype') or 'float16'))
-                if _type_name(wrapper.get('type')) == 'AmpOptimWrapper' else nullcontext())
-    params = [p for group in optimizer.param_groups for p in group['params']]
+    if deepspeed:
+        step = _deepspeed_step(model, optimizer, cfg.strategy['config'])
+    else:
+        step = _plain_step(model, optimizer, wrapper)
+    schedulers = _schedulers(cfg.get('param_scheduler'), optimizer, len(loader))
     recorder = StepRecorder(warmup)
     batches = _batches(loader)
     reset_peak_memory()
@@ -121,12 +126,66 @@ def run_reference(cfg, steps: int, warmup: int) -> dict:
     for _ in range(warmup + steps):
         batch = next(batches)
         recorder.batch_ready(batch)
+        loss = step(_to_device(batch['data'], device))
+        for scheduler in schedulers:
+            scheduler.step()
+        recorder.step_done(loss)
+    return recorder.summary()
+
+
+def _plain_step(model, optimizer, wrapper):
+    """One optimizer step as ``OptimWrapper`` takes it: autocast where ``AmpOptimWrapper`` would
+    (prepare_config drops it on a CPU), clipping as ``clip_grad`` says."""
+    clip = wrapper.get('clip_grad')
+    autocast = (torch.autocast('cuda', dtype=getattr(torch, wrapper.get('dtype') or 'float16'))
+                if _type_name(wrapper.get('type')) == 'AmpOptimWrapper' else nullcontext())
+    params = [p for group in optimizer.param_groups for p in group['params']]
+
+    def step(data):
         with autocast:
-            loss = model(_to_device(batch['data'], device), mode='loss')['loss']
+            loss = model(data, mode='loss')['loss']
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(params, **clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        recorder.step_done()
-    return recorder.summary()
+        return loss
+
+    return step
+
+
+def _deepspeed_step(model, optimizer, ds_config: dict):
+    """One step of a DeepSpeed engine on ``model`` and ``optimizer`` (clipping and precision come
+    from ``ds_config``); floating inputs are cast to the engine's half type as mmengine's wrapper does."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from mmllava.engine.launch import single_process_env
+
+    if not dist.is_initialized():  # a world of one, as `mmllava train --deepspeed` starts it
+        os.environ.update(single_process_env())
+        deepspeed.init_distributed(dist_backend='nccl' if torch.cuda.is_available() else 'gloo')
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    half = torch.bfloat16 if engine.bfloat16_enabled() else torch.float16 if engine.fp16_enabled() else None
+
+    def step(data):
+        if half is not None:
+            data = {k: v.to(half) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                    for k, v in data.items()}
+        loss = engine(data, mode='loss')['loss']
+        engine.backward(loss)
+        engine.step()
+        return loss
+
+    return step
+
+
+def _schedulers(scheduler_cfgs, optimizer, epoch_length: int) -> list:
+    """The config's ``param_scheduler`` on ``optimizer``, built as the runner builds them (epoch-based
+    phases converted to iterations of ``epoch_length``)."""
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    if isinstance(scheduler_cfgs, dict):
+        scheduler_cfgs = [scheduler_cfgs]
+    return [PARAM_SCHEDULERS.build(copy.deepcopy(c), default_args=dict(optimizer=optimizer, epoch_length=epoch_length))
+            for c in scheduler_cfgs or []]

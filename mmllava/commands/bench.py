@@ -14,6 +14,8 @@ def add_arguments(parser):
                         help='alternate runner and bare loop this many times; medians are reported (default: 1)')
     parser.add_argument('--json', metavar='OUT', help='also write the full result as JSON to OUT')
     parser.add_argument('--no-reference', action='store_true', help='time the runner only, not the bare loop')
+    parser.add_argument('--deepspeed', metavar='ZERO',
+                        help='run both loops through DeepSpeed: zero1|zero2|zero3|... or a JSON file, as for train')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config values, as for train')
 
@@ -23,6 +25,7 @@ def run(args):
 
     from mmllava.bench.report import benchmark, format_table
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
+    from mmllava.engine.launch import close_process_group
     from mmllava.errors import MMLLaVAError
 
     for name in ('steps', 'warmup', 'repeats'):
@@ -30,8 +33,12 @@ def run(args):
         if getattr(args, name) < minimum:
             raise MMLLaVAError(f'--{name} must be at least {minimum}, got {getattr(args, name)}')
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
-    with reported_config_errors(cfg):
-        result = benchmark(cfg, args.steps, args.warmup, args.repeats, reference=not args.no_reference)
+    try:
+        with reported_config_errors(cfg):
+            result = benchmark(cfg, args.steps, args.warmup, args.repeats, reference=not args.no_reference,
+                               deepspeed=args.deepspeed)
+    finally:
+        close_process_group()  # --deepspeed started a world of one
     print(format_table(result))
     if args.json:
         with open(args.json, 'w') as f:

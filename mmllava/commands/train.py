@@ -42,7 +42,7 @@ def run(args):
     import os.path as osp
     import subprocess
 
-    from mmllava.engine.launch import torchrun_command
+    from mmllava.engine.launch import close_process_group, torchrun_command
 
     if args.launcher == 'none':
         command = torchrun_command(_argv(args))
@@ -62,13 +62,5 @@ def run(args):
                                  resume=resume, seed=args.seed)
             build_runner(cfg).train()
     finally:
-        _close_process_group()
+        close_process_group()
     return 0
-
-
-def _close_process_group():
-    """Release the process group (and its TCP port) so a caller can train again in-process."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -180,9 +180,11 @@ def _patch_worker_tensor_sharing() -> None:
     workers that mmengine's runner seeds share by file name instead (``file_system``; torch's shm
     manager removes the files when both sides are gone). Only the workers change strategy: the main
     process keeps its own."""
+    import mmengine.runner._flexible_runner as mm_flexible_runner
     import mmengine.runner.runner as mm_runner
 
-    mm_runner.default_worker_init_fn = seeded_worker_init_sharing_by_name
+    for runner_module in (mm_runner, mm_flexible_runner):  # Runner, and FlexibleRunner (DeepSpeed)
+        runner_module.default_worker_init_fn = seeded_worker_init_sharing_by_name
 
 
 def seeded_worker_init_sharing_by_name(worker_id: int, num_workers: int, rank: int, seed: int,

@@ -65,3 +65,11 @@ def torchrun_command(train_argv: list[str]) -> list[str] | None:
     return [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', f'--nnodes={nnodes}',
             f'--node_rank={_int_env("NODE_RANK", 0)}', f'--master_addr={os.environ.get("ADDR", "127.0.0.1")}',
             f'--master_port={port}', '-m', 'mmllava.cli', 'train', *train_argv, '--launcher', 'pytorch']
+
+
+def close_process_group() -> None:
+    """Release the process group (and its TCP port) so a caller can train again in-process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
