@@ -116,3 +116,25 @@ def test_invalid_folders_are_clear(tiny_zoo, tmp_path):
         load_vision_encoder(tmp_path)
     with pytest.raises(MMLLaVAError, match='torch_dtype'):
         load_llm(tiny_zoo['internlm2_chat'], torch_dtype='float33')
+
+
+def test_attention_defaults_to_flash_attention_2_only_where_it_can_run(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from mmllava.builders.folders import attention_kwargs
+
+    bf16 = {'dtype': torch.bfloat16}
+    assert attention_kwargs('eager', bf16) == {'attn_implementation': 'eager'}  # asked for: kept
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert attention_kwargs(None, bf16) == {}  # no GPU: transformers' SDPA
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'flash_attn' else find_spec(name, *a))
+    assert attention_kwargs(None, bf16) == {}  # flash_attn not installed
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: object() if name == 'flash_attn' else find_spec(name, *a))
+    assert attention_kwargs(None, bf16) == {'attn_implementation': 'flash_attention_2'}
+    assert attention_kwargs(None, {'dtype': torch.float16}) == {'attn_implementation': 'flash_attention_2'}
+    assert attention_kwargs(None, {'dtype': torch.float32}) == {}  # flash-attention needs half precision
+    assert attention_kwargs(None, {}) == {}

@@ -44,6 +44,23 @@ def dtype_kwargs(torch_dtype) -> dict:
     return {'dtype': torch_dtype}
 
 
+def attention_kwargs(attn_implementation, dtype_kwarg: dict) -> dict:
+    """``from_pretrained`` keyword for the attention kernel: ``attn_implementation`` when given;
+    else flash-attention-2 where it can run (a CUDA device, the ``flash_attn`` package, fp16/bf16
+    weights), which also gives packed rows (``pack_to_max_length``) its varlen kernels that skip
+    the other samples; else nothing, so transformers picks SDPA."""
+    import importlib.util
+
+    import torch
+
+    if attn_implementation is not None:
+        return {'attn_implementation': attn_implementation}
+    if (torch.cuda.is_available() and importlib.util.find_spec('flash_attn') is not None
+            and dtype_kwarg.get('dtype') in (torch.float16, torch.bfloat16)):
+        return {'attn_implementation': 'flash_attention_2'}
+    return {}
+
+
 def weight_files(folder: Path, what: str) -> list[Path]:
     """The checkpoint files of a folder: one file or the shards its index names, safetensors first."""
     for single, index in (('model.safetensors', 'model.safetensors.index.json'),

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmllava.builders.folders import dtype_kwargs, iter_weight_shards, read_json, require_dir
+from mmllava.builders.folders import attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir
 from mmllava.errors import MMLLaVAError
 
 WHAT = 'path'
@@ -94,6 +94,7 @@ def load_internvl(path: str | os.PathLike, torch_dtype=None, quantization_config
         raise MMLLaVAError(f'{WHAT}: {folder}: mlp1 does not match its config: {str(e).splitlines()[-1]}') from None
     projector.to(next(vision_tower.parameters()).dtype)
     llm_class = AutoModelForCausalLM._model_mapping[type(config.text_config)]
+    kwargs.update(attention_kwargs(attn_implementation, kwargs))  # the LLM only: flash-attention-2 where it can run
     if quantization_config is not None:
         kwargs['quantization_config'] = quantization_config
     llm = _from_state_dict(llm_class, config.text_config, llm_state, folder, **kwargs)

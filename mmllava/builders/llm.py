@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmllava.builders.folders import dtype_kwargs, iter_weight_shards, read_json, require_dir
+from mmllava.builders.folders import attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir
 from mmllava.errors import MMLLaVAError
 
 WHAT = 'llm_name_or_path'
@@ -50,6 +50,8 @@ def load_llm(path: str | os.PathLike, torch_dtype=None, quantization_config=None
 
     ``torch_dtype``: ``None``, ``'auto'``, a name (``'bfloat16'``) or a ``torch.dtype``.
     ``quantization_config``: e.g. a ``BitsAndBytesConfig`` for QLoRA (works for InternLM2 too).
+    ``attn_implementation``: ``None`` picks flash-attention-2 where it can run, else SDPA
+    (``mmllava.builders.folders.attention_kwargs``).
     With ``trust_remote_code=True`` an InternLM2 folder is loaded with its own remote code instead.
     """
     from transformers import AutoModelForCausalLM
@@ -57,10 +59,9 @@ def load_llm(path: str | os.PathLike, torch_dtype=None, quantization_config=None
     folder = require_dir(path, WHAT)
     config_dict = read_json(folder / 'config.json', WHAT)
     kwargs = dtype_kwargs(torch_dtype)
+    kwargs.update(attention_kwargs(attn_implementation, kwargs))
     if quantization_config is not None:
         kwargs['quantization_config'] = quantization_config
-    if attn_implementation is not None:
-        kwargs['attn_implementation'] = attn_implementation
     if is_internlm2(config_dict) and not trust_remote_code:
         return _load_internlm2(folder, config_dict, kwargs)
     try:
