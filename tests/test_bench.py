@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmllava.bench.report import FIELDS
 from mmllava.cli import main
@@ -52,6 +54,11 @@ def test_bench_under_deepspeed_trains_both_loops_alike(tiny_zoo, tmp_path, capsy
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert result['reference']['losses'] == pytest.approx(losses, abs=1e-6)
     assert 'DeepSpeed zero2' in capsys.readouterr().out
+    # the world of one is gone with its launcher variables and DeepSpeed's cached groups: DeepSpeed
+    # runs again in this process (it failed with "Group ... is not registered" before)
+    assert not torch.distributed.is_initialized() and 'MASTER_PORT' not in os.environ
+    assert main(['bench', CONFIG, '--steps', '1', '--warmup', '0', '--deepspeed', 'zero2', '--no-reference',
+                 '--cfg-options', *_options(tiny_zoo)]) == 0
 
 
 def test_bench_packed_runner_only(tiny_zoo, tmp_path, capsys):

@@ -25,7 +25,7 @@ def run(args):
 
     from mmllava.bench.report import benchmark, format_table
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
-    from mmllava.engine.launch import close_process_group
+    from mmllava.engine.launch import in_process_world
     from mmllava.errors import MMLLaVAError
 
     for name in ('steps', 'warmup', 'repeats'):
@@ -33,12 +33,9 @@ def run(args):
         if getattr(args, name) < minimum:
             raise MMLLaVAError(f'--{name} must be at least {minimum}, got {getattr(args, name)}')
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
-    try:
-        with reported_config_errors(cfg):
-            result = benchmark(cfg, args.steps, args.warmup, args.repeats, reference=not args.no_reference,
-                               deepspeed=args.deepspeed)
-    finally:
-        close_process_group()  # --deepspeed started a world of one
+    with in_process_world(), reported_config_errors(cfg):  # --deepspeed starts a world of one
+        result = benchmark(cfg, args.steps, args.warmup, args.repeats, reference=not args.no_reference,
+                           deepspeed=args.deepspeed)
     print(format_table(result))
     if args.json:
         with open(args.json, 'w') as f:

@@ -42,7 +42,7 @@ def run(args):
     import os.path as osp
     import subprocess
 
-    from mmllava.engine.launch import close_process_group, torchrun_command
+    from mmllava.engine.launch import in_process_world, torchrun_command
 
     if args.launcher == 'none':
         command = torchrun_command(_argv(args))
@@ -56,11 +56,8 @@ def run(args):
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
     work_dir = args.work_dir or osp.join('work_dirs', osp.splitext(osp.basename(cfg.filename))[0])
     resume = True if args.resume is _RESUME_LATEST else args.resume
-    try:
-        with reported_config_errors(cfg):
-            cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=args.deepspeed, launcher=args.launcher,
-                                 resume=resume, seed=args.seed)
-            build_runner(cfg).train()
-    finally:
-        close_process_group()
+    with in_process_world(), reported_config_errors(cfg):
+        cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=args.deepspeed, launcher=args.launcher,
+                             resume=resume, seed=args.seed)
+        build_runner(cfg).train()
     return 0

@@ -7,6 +7,7 @@ DeepSpeed falls back to MPI discovery (and fails without ``mpi4py``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -67,9 +68,36 @@ def torchrun_command(train_argv: list[str]) -> list[str] | None:
             f'--master_port={port}', '-m', 'mmllava.cli', 'train', *train_argv, '--launcher', 'pytorch']
 
 
-def close_process_group() -> None:
-    """Release the process group (and its TCP port) so a caller can train again in-process."""
+LAUNCHER_VARIABLES = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+@contextlib.contextmanager
+def in_process_world():
+    """Around training in this process (``mmllava train``/``bench`` called as functions: tests,
+    notebooks): afterwards the process group is closed, with DeepSpeed's references to its groups,
+    and the launcher variables that a world of one (``single_process_env``) or slurm set are put
+    back as they were, so the caller can train again, in-process or in a subprocess."""
+    saved = {key: os.environ.get(key) for key in LAUNCHER_VARIABLES}
+    try:
+        yield
+    finally:
+        _close_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _close_process_group() -> None:
+    """Destroy the process group (and free its TCP port). Through DeepSpeed when it made the group:
+    DeepSpeed caches its groups and would hand the dead ones to the next engine."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    ds_comm = sys.modules.get('deepspeed.comm.comm')
+    if ds_comm is not None and ds_comm.cdb is not None and ds_comm.cdb.is_initialized():
+        ds_comm.destroy_process_group()
+    else:
         dist.destroy_process_group()
