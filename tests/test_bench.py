@@ -20,12 +20,21 @@ def _options(tiny_zoo) -> list[str]:
             f'data_root={REPO / "data" / "synthetic"}/']
 
 
+def _linear_weights(folder: Path, part: str = '') -> int:
+    """Parameters of the 2-D weights (matrices) in a model folder whose names contain ``part``."""
+    from safetensors import safe_open
+
+    with safe_open(folder / 'model.safetensors', 'pt') as f:
+        shapes = [f.get_slice(k).get_shape() for k in f.keys() if part in k]
+    return sum(rows * cols for rows, cols in (s for s in shapes if len(s) == 2))
+
+
 def test_bench_reports_every_field(tiny_zoo, tmp_path, capsys):
     out = tmp_path / 'bench.json'
     assert main(['bench', CONFIG, '--steps', '3', '--warmup', '1', '--json', str(out),
                  '--cfg-options', *_options(tiny_zoo)]) == 0
     result = json.loads(out.read_text())
-    expected = {key for key, _, _ in FIELDS if key != 'cuda_max_allocated_mb'}
+    expected = {key for key, _, _ in FIELDS if key not in ('cuda_max_allocated_mb', 'hfu')}
     for loop in ('framework', 'reference'):
         assert expected <= result[loop].keys(), loop
         assert result[loop]['steps'] == 3
@@ -42,6 +51,15 @@ def test_bench_reports_every_field(tiny_zoo, tmp_path, capsys):
     table = capsys.readouterr().out
     assert 'framework / bare loop' in table and 'real tok/s' in table
     assert 'losses of the two loops: largest difference 0.00e+00 over 4 steps' in table
+    # FLOPs counted in the first warm-up step of each loop, per real token: the same in both, and
+    # at least a forward and an input-gradient pass (4 FLOPs per weight) through every LLM layer
+    # (the projector trains, below the LLM), at most 12 per weight of the LLM, CLIP and projector
+    flops = result['framework']['flops_per_real_token']
+    assert flops == result['reference']['flops_per_real_token']
+    llm = _linear_weights(Path(tiny_zoo['internlm2_chat']), 'layers.')
+    everything = _linear_weights(Path(tiny_zoo['internlm2_chat'])) + _linear_weights(Path(tiny_zoo['clip_vit']))
+    assert 4 * llm < flops < 12 * everything
+    assert result['framework']['tflops_per_sec'] > 0 and 'hfu' not in result['framework']  # no known peak on CPU
 
 
 def test_bench_under_deepspeed_trains_both_loops_alike(tiny_zoo, tmp_path, capsys):

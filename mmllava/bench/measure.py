@@ -52,6 +52,24 @@ def peak_memory_mb() -> dict[str, float]:
     return peak
 
 
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name part.
+_PEAK_TFLOPS = (('H200', 989.4), ('H100 PCIe', 756.0), ('H100', 989.4), ('A100', 312.0), ('L40S', 362.0),
+                ('A10G', 125.0), ('L4', 121.0), ('4090', 165.2), ('V100', 125.0))
+
+
+def peak_tflops() -> float | None:
+    """The current CUDA device's dense half-precision peak, ``MMLLAVA_PEAK_TFLOPS`` if set (any
+    device, a CPU too), else None when the device is not in the table."""
+    import os
+
+    if os.environ.get('MMLLAVA_PEAK_TFLOPS'):
+        return float(os.environ['MMLLAVA_PEAK_TFLOPS'])
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for part, peak in _PEAK_TFLOPS if part in name), None)
+
+
 def sync() -> None:
     """Wait for queued device work, so a step's time is its own (CPU: nothing to wait for)."""
     if torch.cuda.is_available():
@@ -70,6 +88,7 @@ class StepRecorder:
     data_waits: list[float] = field(default_factory=list)
     counts: list[tuple[int, int, int]] = field(default_factory=list)
     losses: list[torch.Tensor] = field(default_factory=list)
+    flops_per_real_token: float | None = None
     _last_done: float | None = None
     _last_cpu: float | None = None
     _ready: float | None = None
@@ -82,6 +101,10 @@ class StepRecorder:
     def batch_ready(self, data_batch: dict) -> None:
         self._ready = time.perf_counter()
         self.counts.append(batch_counts(data_batch))
+
+    def flops_counted(self, flops: int, real_tokens: int) -> None:
+        """The FLOPs one (warm-up) step executed, carrying ``real_tokens`` tokens."""
+        self.flops_per_real_token = flops / max(real_tokens, 1)
 
     def step_done(self, loss: torch.Tensor | None = None) -> None:
         """The step is over; ``loss`` is kept as a tensor (reading it would sync a device)."""
@@ -121,4 +144,18 @@ class StepRecorder:
             'data_wait_fraction': sum(waits) / span,
             **peak_memory_mb(),
             'losses': [float(loss) for loss in self.losses],
+            **self._flops(real / span),
         }
+
+    def _flops(self, real_tokens_per_sec: float) -> dict[str, float]:
+        """Executed TFLOP/s (FLOPs counted in a warm-up step, per real token, times the steady
+        real tokens/s) and, against the device's dense half-precision peak where known, the
+        hardware FLOPs utilisation (``hfu``; equal to MFU when nothing is recomputed)."""
+        if self.flops_per_real_token is None:
+            return {}
+        tflops = self.flops_per_real_token * real_tokens_per_sec / 1e12
+        figures = {'flops_per_real_token': self.flops_per_real_token, 'tflops_per_sec': tflops}
+        peak = peak_tflops()
+        if peak:
+            figures['hfu'] = tflops / peak
+        return figures

@@ -24,6 +24,9 @@ FIELDS = [
     ('data_wait_fraction', 'data wait', '{:.1%}'),
     ('cpu_rss_mb', 'peak RSS MB', '{:.0f}'),
     ('cuda_max_allocated_mb', 'CUDA max alloc MB', '{:.0f}'),
+    ('flops_per_real_token', 'FLOP/real token', '{:.3g}'),
+    ('tflops_per_sec', 'TFLOP/s', '{:.3g}'),
+    ('hfu', 'FLOPs utilisation', '{:.1%}'),
 ]
 
 
@@ -74,7 +77,7 @@ def format_table(result: dict) -> str:
     ratios and the machine load."""
     loops = [name for name in ('framework', 'reference') if name in result]
     rows = [['', *loops]]
-    rows += [[title, *(fmt.format(result[name][key]) for name in loops)]
+    rows += [[title, *(fmt.format(result[name][key]) if key in result[name] else '-' for name in loops)]
              for key, title, fmt in FIELDS if key in result['framework']]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [row[0].ljust(widths[0]) + ''.join(cell.rjust(width + 2) for cell, width in zip(row[1:], widths[1:]))

@@ -13,12 +13,12 @@ import copy
 import os
 import shutil
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from mmengine.hooks import Hook
 
-from mmllava.bench.measure import StepRecorder, reset_peak_memory
+from mmllava.bench.measure import StepRecorder, batch_counts, reset_peak_memory
 from mmllava.config import build
 from mmllava.engine.runner import _type_name
 
@@ -48,6 +48,28 @@ class _StepDone(Hook):
         self.recorder.step_done(outputs['loss'])
 
 
+class _CountFlops(Hook):
+    """Counts the FLOPs that the first (warm-up) iteration executes (``torch.utils.flop_counter``:
+    matrix products, convolutions and attention, forward and backward, activation-checkpoint
+    recomputation included) and hands them to the recorder with that step's real tokens."""
+
+    def __init__(self, recorder: StepRecorder):
+        self.recorder, self.counter = recorder, None
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if runner.iter == 0:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            self.counter = FlopCounterMode(display=False)
+            self.counter.__enter__()
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if self.counter is not None:
+            self.counter.__exit__(None, None, None)
+            self.recorder.flops_counted(self.counter.get_total_flops(), batch_counts(data_batch)[1])
+            self.counter = None
+
+
 def runner_config(cfg, steps: int, warmup: int, work_dir: str, deepspeed: str | None = None):
     """``cfg`` prepared as ``mmllava train [--deepspeed ZERO]`` does, for ``warmup + steps``
     iterations (see module doc)."""
@@ -75,6 +97,8 @@ def run_framework(cfg, steps: int, warmup: int, deepspeed: str | None = None) ->
         recorder = StepRecorder(warmup)
         runner.register_hook(_BatchReady(recorder), priority='HIGHEST')
         runner.register_hook(_StepDone(recorder), priority='LOWEST')
+        if warmup:  # counting slows its step down: only a warm-up step may carry it
+            runner.register_hook(_CountFlops(recorder), priority='VERY_HIGH')
         reset_peak_memory()
         runner.train()
         return recorder.summary()
@@ -123,14 +147,26 @@ def run_reference(cfg, steps: int, warmup: int, deepspeed: str | None = None) ->
     batches = _batches(loader)
     reset_peak_memory()
     recorder.start()
-    for _ in range(warmup + steps):
+    for index in range(warmup + steps):
         batch = next(batches)
         recorder.batch_ready(batch)
-        loss = step(_to_device(batch['data'], device))
+        # the first warm-up step is counted as in the runner (the counter's kernels round alike)
+        with _counting(recorder, batch) if index == 0 and warmup else nullcontext():
+            loss = step(_to_device(batch['data'], device))
         for scheduler in schedulers:
             scheduler.step()
         recorder.step_done(loss)
     return recorder.summary()
+
+
+@contextmanager
+def _counting(recorder: StepRecorder, batch):
+    """Count the FLOPs run inside (see ``_CountFlops``) for ``recorder``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        yield
+    recorder.flops_counted(counter.get_total_flops(), batch_counts(batch)[1])
 
 
 def _plain_step(model, optimizer, wrapper):
