@@ -91,3 +91,39 @@ def test_bench_packed_runner_only(tiny_zoo, tmp_path, capsys):
 def test_bench_rejects_bad_steps(capsys):
     assert main(['bench', CONFIG, '--steps', '0']) == 1
     assert '--steps must be at least 1' in capsys.readouterr().err
+
+
+def test_real_size_models_have_the_real_parameter_counts(tiny_zoo):
+    import math
+
+    from mmllava.bench.real_size import REAL_SIZES, parameter_shapes, real_size_config
+
+    counts = {}
+    for name, (tiny_name, _) in REAL_SIZES.items():
+        tiny_config = json.loads((Path(tiny_zoo[tiny_name]) / 'config.json').read_text())
+        shapes = parameter_shapes(real_size_config(name, tiny_config))
+        if name.startswith('clip'):  # LLaVA uses the vision tower
+            shapes = {key: shape for key, shape in shapes.items() if key.startswith('vision_model.')}
+        counts[name] = sum(math.prod(shape) for shape in shapes.values())
+    assert counts['internlm2_chat_1_8b'] == 1_889_110_016  # InternLM2-chat-1.8B
+    assert counts['llama3_8b_instruct'] == 8_030_261_248  # Meta-Llama-3-8B-Instruct
+    assert counts['clip_vit_large_p14_336'] == 303_507_456  # CLIP ViT-L/14-336's vision tower
+
+
+def test_a_real_size_folder_loads_in_its_format(tiny_zoo, tmp_path):
+    """Built with one layer and a smaller vocabulary (seconds): sharded bf16, loadable, 576 patches."""
+    from mmllava.bench.real_size import build_real_size
+    from mmllava.builders import load_image_processor, load_llm, load_vision_encoder
+
+    zoo = Path(tiny_zoo['internlm2_chat']).parent
+    llm_folder = build_real_size('internlm2_chat_1_8b', tmp_path, zoo,
+                                 overrides=dict(num_hidden_layers=1, vocab_size=1024))
+    index = json.loads((llm_folder / 'model.safetensors.index.json').read_text())
+    assert set(index['weight_map'].values()) == {'model-00001-of-00001.safetensors'}
+    llm = load_llm(llm_folder)
+    assert llm.config.hidden_size == 2048 and llm.config.num_key_value_heads == 8
+    assert next(llm.parameters()).dtype == torch.bfloat16
+    clip_folder = build_real_size('clip_vit_large_p14_336', tmp_path, zoo,
+                                  overrides=dict(vision_config=dict(num_hidden_layers=1)))
+    assert load_vision_encoder(clip_folder).config.image_size == 336
+    assert load_image_processor(clip_folder).num_image_tokens == 576

@@ -36,24 +36,24 @@ _LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 
 
 def _random_weights(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random float32 tensors in ``shapes`` order: scales near 1, matrices N(0, 1/fan_in), biases N(0, 0.02).
+    """Random float32 tensors in ``shapes`` order (see :func:`random_tensor`)."""
+    return {name: random_tensor(name, shape, gen) for name, shape in shapes.items()}
+
+
+def random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """A random float32 tensor for the parameter ``name``: scales near 1, matrices N(0, 1/fan_in), biases N(0, 0.02).
 
     Scales are the 1-D ``weight`` of norm layers (linear, conv and embedding weights have 2+ dims) and
     InternViT's layer scales; they are not exactly 1 so that a misplaced norm changes the output.
     Matrices get the variance of a trained network rather than the 0.02 of a fresh init: with a hidden
     size of 64, a 0.02 LM head bounds every logit near +-1, so a frozen tiny LLM could never become
     confident and LoRA fine-tuning would plateau far above what it does on a real checkpoint."""
-    weights = {}
-    for name, shape in shapes.items():
-        noise = torch.randn(shape, generator=gen)
-        is_scale = (len(shape) == 1 and name.endswith('.weight')) or name.rsplit('.', 1)[-1] in ('ls1', 'ls2')
-        if is_scale:
-            weights[name] = 1.0 + 0.1 * noise
-        elif len(shape) >= 2:
-            weights[name] = noise / math.sqrt(math.prod(shape[1:]))
-        else:
-            weights[name] = 0.02 * noise
-    return weights
+    noise = torch.randn(shape, generator=gen)
+    if (len(shape) == 1 and name.endswith('.weight')) or name.rsplit('.', 1)[-1] in ('ls1', 'ls2'):
+        return noise.mul_(0.1).add_(1.0)
+    if len(shape) >= 2:
+        return noise.div_(math.sqrt(math.prod(shape[1:])))
+    return noise.mul_(0.02)
 
 
 def _save_weights(folder: Path, weights: dict[str, torch.Tensor]) -> None:
@@ -61,7 +61,7 @@ def _save_weights(folder: Path, weights: dict[str, torch.Tensor]) -> None:
               metadata={'format': 'pt'})
 
 
-def _native_shapes(config, model_class, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, ...]]:
+def native_shapes(config, model_class, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of a transformers model built on the meta device (no memory, no init cost)."""
     with torch.device('meta'):
         model = model_class(config)
@@ -141,7 +141,7 @@ def _native_llm(folder: Path, gen: torch.Generator, cfg: dict, generation: dict)
     config = AutoConfig.from_pretrained(folder)
     # Tied heads are not stored, as in the real tied checkpoints (Qwen2.5 up to 3B).
     skip = ('lm_head.weight',) if cfg['tie_word_embeddings'] else ()
-    _save_weights(folder, _random_weights(_native_shapes(config, AutoModelForCausalLM.from_config, skip), gen))
+    _save_weights(folder, _random_weights(native_shapes(config, AutoModelForCausalLM.from_config, skip), gen))
 
 
 def _llama3_instruct(folder: Path, gen: torch.Generator) -> None:
@@ -205,7 +205,7 @@ def _clip_vit(folder: Path, gen: torch.Generator) -> None:
         'do_normalize': True, 'do_rescale': True, 'do_resize': True, 'feature_extractor_type': 'CLIPFeatureExtractor',
         'image_mean': OPENAI_CLIP_MEAN, 'image_processor_type': 'CLIPImageProcessor', 'image_std': OPENAI_CLIP_STD,
         'resample': 3, 'rescale_factor': 1 / 255, 'size': {'shortest_edge': image_size}})
-    weights = _random_weights(_native_shapes(CLIPConfig.from_dict(cfg), CLIPModel), gen)
+    weights = _random_weights(native_shapes(CLIPConfig.from_dict(cfg), CLIPModel), gen)
     weights['logit_scale'] = torch.tensor(cfg['logit_scale_init_value'])
     _save_weights(folder, weights)
 
