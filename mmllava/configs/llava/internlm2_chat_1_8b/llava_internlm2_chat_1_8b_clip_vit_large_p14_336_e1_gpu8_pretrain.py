@@ -23,7 +23,7 @@ data_root = './data/llava_data/'
 data_path = data_root + 'LLaVA-Pretrain/blip_laion_cc_sbu_558k.json'
 image_folder = data_root + 'LLaVA-Pretrain/images'
 prompt_template = 'internlm2_chat'
-max_length = int(2048 - (336 / 14)**2)
+max_length = 2048  # image positions included (XTuner counts <image> as 1: its int(2048 - (336 / 14)**2))
 
 # Scheduler & Optimizer
 batch_size = 32  # per device

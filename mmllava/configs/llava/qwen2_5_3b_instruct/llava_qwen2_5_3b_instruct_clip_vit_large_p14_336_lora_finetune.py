@@ -26,7 +26,7 @@ data_root = './data/llava_data/'
 data_path = data_root + 'LLaVA-CC3M-Pretrain-595K/chat.json'
 image_folder = data_root + 'LLaVA-CC3M-Pretrain-595K/images'
 prompt_template = 'qwen_chat'
-max_length = int(2048 - (336 / 14)**2)
+max_length = 2048  # image positions included (XTuner counts <image> as 1: its int(2048 - (336 / 14)**2))
 
 # Scheduler & Optimizer
 batch_size = 16  # per device
