@@ -10,7 +10,7 @@ from torch.optim import AdamW
 from transformers import BitsAndBytesConfig
 
 from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
-from mmllava.data import LengthGroupedSampler, LLaVADataset, llava_collate
+from mmllava.data import LengthGroupedSampler, LLaVADataset, PackedDataset, llava_collate
 from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop
 from mmllava.models import LLaVAModel
 
@@ -29,6 +29,9 @@ data_path = data_root + 'repeated_data.json'
 image_folder = data_root
 prompt_template = 'llama3_chat'
 max_length = 2048  # image positions included (XTuner counts <image> as 1: its int(2048 - (336 / 14)**2))
+# Several whole samples per row of max_length positions, attention kept inside each sample
+# (mmllava.data.packing); batch_size then counts rows. Switch on: --cfg-options pack_to_max_length=True
+pack_to_max_length = False
 
 # Scheduler & Optimizer
 batch_size = 1  # per device
@@ -91,12 +94,15 @@ llava_dataset = dict(
     max_length=max_length,
     pad_image_to_square=True)
 
+train_dataset = (dict(type=PackedDataset, dataset=llava_dataset, max_tokens=max_length)
+                 if pack_to_max_length else llava_dataset)
+
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
     pin_memory=True,
     persistent_workers=dataloader_num_workers > 0,
-    dataset=llava_dataset,
+    dataset=train_dataset,
     sampler=dict(type=LengthGroupedSampler, length_property='modality_length',
                  per_device_batch_size=batch_size * accumulative_counts),
     collate_fn=dict(type=llava_collate))
