@@ -189,3 +189,55 @@ def test_checkpoint_of_another_model_is_a_clear_error(tiny_zoo, tmp_path, capsys
     assert last == (f'mmllava convert: error: checkpoint {tmp_path / "iter_1.pth"}: does not match this model; '
                     "missing keys: ['projector.0.bias', 'projector.2.bias', 'projector.2.weight']; "
                     'unexpected keys: none')
+
+
+def _xtuner_lora_checkpoint(path, model, rank: int):
+    """What XTuner's LLaVAModel saves for an InternLM2 LoRA run: PEFT keys without the adapter
+    name, InternLM2 module names (packed ``wqkv``), the projector as ``projector.model.*``."""
+    gen = torch.Generator().manual_seed(3)
+    config = model.llm.config
+    hidden, head_dim = config.hidden_size, config.head_dim
+    rows = (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim
+    layer = 'llm.base_model.model.model.layers.0.'
+    state = {layer + 'attention.wqkv.lora_A.weight': torch.randn(rank, hidden, generator=gen),
+             layer + 'attention.wqkv.lora_B.weight': torch.randn(rows, rank, generator=gen),
+             layer + 'attention.wo.lora_A.weight': torch.randn(rank, hidden, generator=gen),
+             layer + 'attention.wo.lora_B.weight': torch.randn(hidden, rank, generator=gen),
+             layer + 'feed_forward.w2.lora_B.weight': torch.randn(hidden, rank, generator=gen)}
+    state.update({f'projector.model.{key}': torch.randn(value.shape, generator=gen)
+                  for key, value in model.projector.state_dict().items()})
+    torch.save({'state_dict': state, 'meta': {}}, path)
+    return state
+
+
+def test_xtuner_lora_checkpoint_of_internlm2_loads_with_wqkv_split_exactly(tiny_zoo, tmp_path):
+    from mmllava.config import build, load_config, parse_cfg_options
+    from mmllava.errors import MMLLaVAError
+    from mmllava.formats.internlm2 import internlm2_to_llama
+
+    cfg = load_config(FINETUNE, parse_cfg_options(cfg_options(tiny_zoo, qlora=False)))
+    cfg.model.pretrained_pth = None
+    model = build(cfg.model)
+    rank = cfg.model.llm_lora['r']
+    xtuner = _xtuner_lora_checkpoint(tmp_path / 'iter_100.pth', model, rank)
+    model.load_pretrained(str(tmp_path / 'iter_100.pth'))
+
+    prefix = 'llm.base_model.model.model.layers.0.'
+    # the packed update B @ A, split as the packed weight is split (tested against InternLM2's own forward)
+    delta = xtuner[prefix + 'attention.wqkv.lora_B.weight'] @ xtuner[prefix + 'attention.wqkv.lora_A.weight']
+    expected = internlm2_to_llama({'attention.wqkv.weight': delta}, model.llm.config)
+    attention = model.llm.base_model.model.model.layers[0].self_attn
+    for name in ('q', 'k', 'v'):
+        projection = getattr(attention, f'{name}_proj')
+        got = projection.lora_B['default'].weight @ projection.lora_A['default'].weight
+        torch.testing.assert_close(got, expected[f'self_attn.{name}_proj.weight'], rtol=0, atol=1e-5)
+    assert torch.equal(attention.o_proj.lora_A['default'].weight, xtuner[prefix + 'attention.wo.lora_A.weight'])
+    mlp = model.llm.base_model.model.model.layers[0].mlp
+    assert torch.equal(mlp.down_proj.lora_B['default'].weight, xtuner[prefix + 'feed_forward.w2.lora_B.weight'])
+    assert torch.equal(model.projector[0].weight, xtuner['projector.model.0.weight'])
+
+    # another LoRA rank: a clear error naming the key, not torch's size-mismatch dump
+    _xtuner_lora_checkpoint(tmp_path / 'rank8.pth', model, rank // 2)
+    with pytest.raises(MMLLaVAError, match=r'self_attn\.q_proj\.lora_A\.default\.weight has shape \(8, 64\), the model '
+                                           r'expects \(16, 64\) \(another LoRA rank'):
+        model.load_pretrained(str(tmp_path / 'rank8.pth'))

@@ -25,7 +25,10 @@ _RENAMES = (
 )
 _OUTPUT = re.compile(r'(^|\.)output\.(weight|bias)$')
 _LM_HEAD = re.compile(r'(^|\.)lm_head\.(weight|bias)$')
-_WQKV = re.compile(r'^(.*)attention\.wqkv\.(weight|bias)$')
+# The packed projection, or its PEFT parts: the wrapped layer and LoRA's B have wqkv's rows (split
+# like the weight); LoRA's A maps the input, so q, k and v share it (an exact split of B @ A).
+_WQKV = re.compile(r'^(.*)attention\.wqkv\.((?:base_layer\.|lora_B\.[^.]+\.)?(?:weight|bias))$')
+_WQKV_LORA_A = re.compile(r'^(.*)attention\.wqkv\.(lora_A\.[^.]+\.weight)$')
 _Q_PROJ = re.compile(r'^(.*)self_attn\.q_proj\.(weight|bias)$')
 # Old remote-code checkpoints store the rotary table; Llama recomputes it.
 _ROTARY_BUFFER = re.compile(r'rotary_emb\.inv_freq$')
@@ -89,7 +92,8 @@ def _rename(key: str, pairs: tuple[tuple[str, str], ...]) -> str:
 def internlm2_to_llama(
     state_dict: Mapping[str, torch.Tensor], config: LlamaConfig | Mapping[str, Any]
 ) -> dict[str, torch.Tensor]:
-    """Rename an InternLM2 state dict to Llama names, splitting every ``wqkv`` into q/k/v.
+    """Rename an InternLM2 state dict to Llama names, splitting every ``wqkv`` into q/k/v (PEFT LoRA
+    adapters on ``wqkv`` too, with adapter names: ``lora_A.default.weight``).
 
     Any key prefix is kept (``model.``, ``language_model.model.`` ...); ``output`` becomes ``lm_head``.
     ``config`` is the InternLM2 config dict or the converted ``LlamaConfig`` (same head fields).
@@ -98,6 +102,12 @@ def internlm2_to_llama(
     out = {}
     for key, tensor in state_dict.items():
         if _ROTARY_BUFFER.search(key):
+            continue
+        shared = _WQKV_LORA_A.match(key)
+        if shared:
+            prefix, kind = shared.groups()
+            for name in ('q', 'k', 'v'):
+                out[f'{_rename(prefix, _RENAMES)}self_attn.{name}_proj.{kind}'] = tensor.clone()
             continue
         packed = _WQKV.match(key)
         if packed:

@@ -56,13 +56,15 @@ class LLaVAModel(MultimodalModel):
 
     # ------------------------------------------------------------------ weights
     def load_pretrained(self, path: str) -> None:
-        """Load a projector (and any of our trained weights) from ``path``; any format in
-        ``mmllava.formats.llava``. Unknown keys are an error, never silently ignored."""
+        """Load a projector (and any of our trained weights, or XTuner's LoRA adapters, InternLM2
+        ``wqkv`` ones included) from ``path``; any format in ``mmllava.formats.llava``. Unknown keys
+        and shapes that do not fit are errors, never silently ignored."""
         from mmllava.formats.checkpoint import load_state_dict_file
-        from mmllava.formats.llava import split_projector_state
+        from mmllava.formats.llava import split_projector_state, xtuner_weights_to_ours
 
         state = load_state_dict_file(path)
         projector, rest, _ = split_projector_state(state)
+        rest = xtuner_weights_to_ours(rest, self.llm.config)
         own = self.state_dict_all_names()
         unexpected = sorted(k for k in rest if k not in own)
         missing = sorted(k for k in self.projector_keys() if k not in projector)
@@ -77,6 +79,11 @@ class LLaVAModel(MultimodalModel):
                 raise MMLLaVAError(f'pretrained_pth {path}: {key} has shape {tuple(value.shape)}, the model '
                                    f'expects {tuple(shapes[key.removeprefix("projector.")].shape)} '
                                    '(was it trained for another LLM or vision encoder?)')
+        own_shapes = {key: tuple(value.shape) for key, value in nn.Module.state_dict(self).items() if key in rest}
+        for key, value in rest.items():
+            if key in own_shapes and tuple(value.shape) != own_shapes[key]:
+                raise MMLLaVAError(f'pretrained_pth {path}: {key} has shape {tuple(value.shape)}, the model expects '
+                                   f'{own_shapes[key]} (another LoRA rank, LLM or vision encoder?)')
         nn.Module.load_state_dict(self, {**projector, **rest}, strict=False)
 
     def projector_keys(self) -> list[str]:
