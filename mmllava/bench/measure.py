@@ -1,6 +1,7 @@
 """What a benchmark records per step, and how it turns the steady-state steps into one summary."""
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
@@ -60,8 +61,6 @@ _PEAK_TFLOPS = (('H200', 989.4), ('H100 PCIe', 756.0), ('H100', 989.4), ('A100',
 def peak_tflops() -> float | None:
     """The current CUDA device's dense half-precision peak, ``MMLLAVA_PEAK_TFLOPS`` if set (any
     device, a CPU too), else None when the device is not in the table."""
-    import os
-
     if os.environ.get('MMLLAVA_PEAK_TFLOPS'):
         return float(os.environ['MMLLAVA_PEAK_TFLOPS'])
     if not torch.cuda.is_available():

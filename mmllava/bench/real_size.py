@@ -2,19 +2,21 @@
 
 Each is the tiny zoo model of the same family (`mmllava.tiny.zoo`: same on-disk format, tokenizer
 and special ids) with the shape of the real checkpoint's ``config.json``, weights drawn with the
-zoo's rule and stored in bf16 shards with an index, as the real folders are. The tiny tokenizer's
+zoo's rule and stored in bf16 safetensors shards, as the real folders are. The tiny tokenizer's
 ids stay valid in the larger vocabulary. Speed and memory depend on the shapes, not the values, so
 these give the real step time and peak memory of training the real checkpoints.
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import zlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from mmllava.convert.shards import write_shards
 
 # name -> (tiny zoo model of the same family, the real config's shape fields)
 REAL_SIZES = {
@@ -28,7 +30,7 @@ REAL_SIZES = {
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
         image_size=336, patch_size=14))),
 }
-SHARD_BYTES = 4 * 2**30
+SHARD_SIZE = '5GB'  # transformers' default
 
 
 def real_size_config(name: str, tiny_config: dict, overrides: dict | None = None) -> dict:
@@ -66,8 +68,8 @@ def build_real_size(name: str, out_dir: str | Path, tiny_zoo: str | Path, seed: 
                     overrides: dict | None = None) -> Path:
     """Write ``out_dir/name`` from the tiny zoo folder ``tiny_zoo/<family>``; returns the folder.
 
-    Memory stays near one shard (4 GiB): tensors are drawn one at a time, cast to bf16 and written
-    shard by shard.
+    Memory stays near one shard (5 GB): tensors are drawn as their shard is written, in bf16
+    (``mmllava.convert.shards.write_shards``).
     """
     from mmllava.tiny.zoo import random_tensor
 
@@ -82,40 +84,13 @@ def build_real_size(name: str, out_dir: str | Path, tiny_zoo: str | Path, seed: 
         _real_size_preprocessor(folder, config['vision_config']['image_size'])
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
     shapes = parameter_shapes(config)
-    shards, shard, size = [], {}, 0
-    for key, shape in shapes.items():
-        tensor = (torch.tensor(2.6592) if key == 'logit_scale' else random_tensor(key, shape, gen)).to(torch.bfloat16)
-        shard[key], size = tensor, size + tensor.numel() * 2
-        if size >= SHARD_BYTES:
-            shards.append(shard)
-            _save_shard(folder, shards, shard)
-            shard, size = {}, 0
-    if shard:
-        shards.append(shard)
-        _save_shard(folder, shards, shard)
-    _write_index(folder, shards, shapes)
+
+    def tensor_for(key: str) -> torch.Tensor:  # drawn in key order: write_shards keeps it
+        value = torch.tensor(2.6592) if key == 'logit_scale' else random_tensor(key, shapes[key], gen)
+        return value.to(torch.bfloat16)
+
+    write_shards({key: math.prod(shape) * 2 for key, shape in shapes.items()}, tensor_for, folder, SHARD_SIZE)
     return folder
-
-
-def _shard_name(number: int) -> str:
-    return f'model-{number:05d}.safetensors'
-
-
-def _save_shard(folder: Path, shards: list, shard: dict) -> None:
-    save_file(shard, str(folder / _shard_name(len(shards))), metadata={'format': 'pt'})
-    shards[-1] = {key: tensor.numel() * 2 for key, tensor in shard.items()}  # keep sizes, free the tensors
-
-
-def _write_index(folder: Path, shards: list[dict], shapes: dict) -> None:
-    """``model.safetensors.index.json``; shards renamed to ``-0000i-of-0000n`` as transformers names them."""
-    total, weight_map = len(shards), {}
-    for number, shard in enumerate(shards, start=1):
-        final = f'model-{number:05d}-of-{total:05d}.safetensors'
-        (folder / _shard_name(number)).rename(folder / final)
-        weight_map.update({key: final for key in shard})
-    index = {'metadata': {'total_size': sum(sum(s.values()) for s in shards)},
-             'weight_map': {key: weight_map[key] for key in shapes}}
-    (folder / 'model.safetensors.index.json').write_text(json.dumps(index, indent=2) + '\n')
 
 
 def _real_size_preprocessor(folder: Path, image_size: int) -> None:

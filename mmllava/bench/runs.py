@@ -49,25 +49,20 @@ class _StepDone(Hook):
 
 
 class _CountFlops(Hook):
-    """Counts the FLOPs that the first (warm-up) iteration executes (``torch.utils.flop_counter``:
-    matrix products, convolutions and attention, forward and backward, activation-checkpoint
-    recomputation included) and hands them to the recorder with that step's real tokens."""
+    """Counts the FLOPs of the first (warm-up) iteration with ``_counting``, as the bare loop does."""
 
     def __init__(self, recorder: StepRecorder):
-        self.recorder, self.counter = recorder, None
+        self.recorder, self.counting = recorder, None
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
         if runner.iter == 0:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            self.counter = FlopCounterMode(display=False)
-            self.counter.__enter__()
+            self.counting = _counting(self.recorder, data_batch)
+            self.counting.__enter__()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if self.counter is not None:
-            self.counter.__exit__(None, None, None)
-            self.recorder.flops_counted(self.counter.get_total_flops(), batch_counts(data_batch)[1])
-            self.counter = None
+        if self.counting is not None:
+            self.counting.__exit__(None, None, None)
+            self.counting = None
 
 
 def runner_config(cfg, steps: int, warmup: int, work_dir: str, deepspeed: str | None = None):
@@ -161,7 +156,9 @@ def run_reference(cfg, steps: int, warmup: int, deepspeed: str | None = None) ->
 
 @contextmanager
 def _counting(recorder: StepRecorder, batch):
-    """Count the FLOPs run inside (see ``_CountFlops``) for ``recorder``."""
+    """Count the FLOPs run inside for ``recorder``, per real token of ``batch``
+    (``torch.utils.flop_counter``: matrix products, convolutions and attention, forward and
+    backward, activation-checkpoint recomputation included)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:

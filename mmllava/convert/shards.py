@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -32,19 +33,29 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], save_dir: str | Path, 
     Tensors are cast and copied one shard at a time, so the extra memory is one shard, never a
     second copy of the model; copying also separates tensors that share storage (tied weights).
     """
+    def out_dtype(t: torch.Tensor) -> torch.dtype:
+        return dtype if t.is_floating_point() else t.dtype
+
+    sizes = {key: tensor.numel() * torch.empty((), dtype=out_dtype(tensor)).element_size()
+             for key, tensor in state_dict.items()}
+    return write_shards(
+        sizes, lambda key: state_dict[key].detach().to(device='cpu', dtype=out_dtype(state_dict[key]), copy=True),
+        save_dir, max_shard_size, prefix)
+
+
+def write_shards(sizes: dict[str, int], tensor_for: Callable[[str], torch.Tensor], save_dir: str | Path,
+                 max_shard_size: str | int = '2GB', prefix: str = 'model') -> list[Path]:
+    """Write the tensors ``tensor_for(key)`` in the order of ``sizes`` (bytes per key) as shards of at
+    most ``max_shard_size`` (``prefix.safetensors``, or ``prefix-0000i-of-0000n.safetensors`` and
+    an index). Each tensor is made when its shard is written, so memory holds one shard at a time."""
     from safetensors.torch import save_file
 
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     limit = parse_size(max_shard_size)
-
-    def out_dtype(t: torch.Tensor) -> torch.dtype:
-        return dtype if t.is_floating_point() else t.dtype
-
     groups: list[list[str]] = [[]]
     size = 0
-    for key, tensor in state_dict.items():
-        nbytes = tensor.numel() * torch.empty((), dtype=out_dtype(tensor)).element_size()
+    for key, nbytes in sizes.items():
         if groups[-1] and size + nbytes > limit:
             groups.append([])
             size = 0
@@ -55,8 +66,7 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], save_dir: str | Path, 
         f'{prefix}-{i + 1:05d}-of-{total:05d}.safetensors' for i in range(total)]
     weight_map, total_size = {}, 0
     for name, keys in zip(names, groups):
-        shard = {k: state_dict[k].detach().to(device='cpu', dtype=out_dtype(state_dict[k]), copy=True).contiguous()
-                 for k in keys}
+        shard = {key: tensor_for(key).contiguous() for key in keys}
         save_file(shard, str(save_dir / name), metadata={'format': 'pt'})
         total_size += sum(t.numel() * t.element_size() for t in shard.values())
         weight_map.update({k: name for k in keys})

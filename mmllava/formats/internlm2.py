@@ -74,6 +74,15 @@ def internlm2_config_to_llama(cfg_dict: Mapping[str, Any]) -> LlamaConfig:
     return config
 
 
+_INTERNLM2_MODULES = re.compile(r'(^|\.)(' + '|'.join(re.escape(old) for old, _ in _RENAMES)
+                                + r'|attention\.wqkv|output)\.')
+
+
+def has_internlm2_names(key: str) -> bool:
+    """Whether a state-dict key names an InternLM2 module (one :func:`internlm2_to_llama` renames)."""
+    return bool(_INTERNLM2_MODULES.search(key))
+
+
 def _head_layout(config: LlamaConfig | Mapping[str, Any]) -> tuple[int, int, int]:
     """(kv_heads, queries per kv head, head_dim) from a Llama config object or an InternLM2 dict."""
     get = config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)

@@ -86,7 +86,6 @@ def read_hf_llava_projector(folder) -> dict:
 
 # PEFT's get_peft_model_state_dict (what XTuner saves) drops the adapter name from LoRA keys.
 _UNNAMED_LORA = re.compile(r'\.(lora_[AB]|lora_embedding_[AB])\.(weight|bias)$')
-_INTERNLM2_NAMES = re.compile(r'\.(attention\.wqkv|attention\.wo|feed_forward\.w[123]|tok_embeddings|output)\.')
 
 
 def xtuner_weights_to_ours(state_dict: dict, llm_config) -> dict:
@@ -94,10 +93,10 @@ def xtuner_weights_to_ours(state_dict: dict, llm_config) -> dict:
     adapter name back (``lora_A.weight`` -> ``lora_A.default.weight``), and an InternLM2 LLM's
     weights (``llm.*``, loaded by us as Llama) get Llama names, ``wqkv`` and its LoRA split exactly
     (``mmllava.formats.internlm2``). Our own keys pass through unchanged."""
-    from mmllava.formats.internlm2 import internlm2_to_llama
+    from mmllava.formats.internlm2 import has_internlm2_names, internlm2_to_llama
 
     named = {_UNNAMED_LORA.sub(r'.\1.default.\2', key): value for key, value in state_dict.items()}
-    internlm2 = {key: value for key, value in named.items() if key.startswith('llm.') and _INTERNLM2_NAMES.search(key)}
+    internlm2 = {key: value for key, value in named.items() if key.startswith('llm.') and has_internlm2_names(key)}
     if not internlm2:
         return named
     rest = {key: value for key, value in named.items() if key not in internlm2}
