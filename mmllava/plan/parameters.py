@@ -71,18 +71,35 @@ class _Rows:
         row.trainable += count if trainable else 0
 
 
-def _lora_rows(rows: _Rows, part: str, module: nn.Module, lora: LoraSpec, exclude: tuple[nn.Module, ...]) -> None:
+def reaches_loss(name: str, layers_used: int | None) -> bool:
+    """Whether a vision parameter gets a gradient: not in a layer past the selected one (LLaVA's
+    layer -2 leaves the last layer and the post-LayerNorm unused), so AdamW keeps no state for it."""
+    if layers_used is None:
+        return True
+    if 'post_layernorm' in name:
+        return False
+    parts = name.split('.')
+    for key, index in zip(parts, parts[1:]):
+        if key in ('layers', 'layer') and index.isdigit():
+            return int(index) < layers_used
+    return True
+
+
+def _lora_rows(rows: _Rows, part: str, module: nn.Module, lora: LoraSpec, exclude: tuple[nn.Module, ...],
+               layers_used: int | None = None) -> None:
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Linear) and sub not in exclude and name.rsplit('.', 1)[-1] not in ('lm_head', 'output') \
                 and lora.targets_leaf(name.rsplit('.', 1)[-1]):
             count = lora.r * (sub.in_features + sub.out_features)
-            rows.add(f'{part} LoRA', 'fp32', count, count * 4, True, 4)
+            rows.add(f'{part} LoRA', 'fp32', count, count * 4, reaches_loss(name, layers_used), 4)
 
 
-def _plain_rows(rows: _Rows, part: str, module: nn.Module, dtype, trainable: bool) -> None:
+def _plain_rows(rows: _Rows, part: str, module: nn.Module, dtype, trainable: bool,
+                layers_used: int | None = None) -> None:
     size = torch.tensor([], dtype=dtype).element_size()
-    for param in module.parameters():
-        rows.add(part, _dtype_name(dtype), param.numel(), param.numel() * size, trainable, size)
+    for name, param in module.named_parameters():
+        rows.add(part, _dtype_name(dtype), param.numel(), param.numel() * size,
+                 trainable and reaches_loss(name, layers_used), size)
     for buffer in module.buffers():
         rows.add(part, _dtype_name(buffer.dtype), buffer.numel(), buffer.numel() * buffer.element_size(), False, 0)
 
@@ -105,12 +122,12 @@ def parameter_rows(spec: ModelSpec) -> list[PartRow]:
             rows.add('LLM', _dtype_name(buffer.dtype), buffer.numel(), buffer.numel() * buffer.element_size(), False, 0)
     else:
         _plain_rows(rows, 'LLM', spec.llm, spec.llm_dtype, not spec.freeze_llm)
-    _plain_rows(rows, 'vision', spec.vision, spec.vision_dtype, not spec.freeze_vision)
+    _plain_rows(rows, 'vision', spec.vision, spec.vision_dtype, not spec.freeze_vision, spec.vision_layers_used)
     _plain_rows(rows, 'projector', spec.projector, spec.projector_dtype, True)
     if spec.llm_lora:
         _lora_rows(rows, 'LLM', spec.llm, spec.llm_lora, (head,))
     if spec.vision_lora:
-        _lora_rows(rows, 'vision', spec.vision, spec.vision_lora, ())
+        _lora_rows(rows, 'vision', spec.vision, spec.vision_lora, (), spec.vision_layers_used)
     return list(rows.rows.values())
 
 
@@ -118,11 +135,13 @@ def trained_tensors(spec: ModelSpec) -> int:
     """How many trained parameter tensors there are (AdamW keeps a step counter for each)."""
     n = sum(1 for _ in spec.projector.parameters())
     n += 0 if spec.freeze_llm or spec.quant else sum(1 for _ in spec.llm.parameters())
-    n += 0 if spec.freeze_vision else sum(1 for _ in spec.vision.parameters())
-    for lora, module in ((spec.llm_lora, spec.llm), (spec.vision_lora, spec.vision)):
+    n += 0 if spec.freeze_vision else sum(1 for name, _ in spec.vision.named_parameters()
+                                          if reaches_loss(name, spec.vision_layers_used))
+    for lora, module, used in ((spec.llm_lora, spec.llm, None), (spec.vision_lora, spec.vision, spec.vision_layers_used)):
         if lora:
             n += 2 * sum(1 for name, m in module.named_modules() if isinstance(m, nn.Linear)
-                         and m is not spec.llm.get_output_embeddings() and lora.targets_leaf(name.rsplit('.', 1)[-1]))
+                         and m is not spec.llm.get_output_embeddings() and lora.targets_leaf(name.rsplit('.', 1)[-1])
+                         and reaches_loss(name, used))
     return n
 
 
