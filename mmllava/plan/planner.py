@@ -185,6 +185,29 @@ def recommend(plan: Plan, gpu_mem: int) -> list[str]:
     return lines
 
 
-def predict_peak(cfg, num_gpus: int = 1, deepspeed: str | None = None) -> int:
-    """Predicted peak bytes per GPU of training ``cfg`` (the train header's number)."""
-    return make_plan(cfg, num_gpus=num_gpus, deepspeed=deepspeed).peak
+def predict_peak(cfg, num_gpus: int = 1, deepspeed: str | None = None, read_data: bool = True) -> int:
+    """Predicted peak bytes per GPU of training ``cfg``; ``read_data=False`` plans at ``max_length``
+    without tokenising the data (cheap, and the conservative end)."""
+    profile = None if read_data else DataProfile(int(cfg.get('max_length') or 2048), note='not read',
+                                                 packed=_packed(cfg))
+    return make_plan(cfg, num_gpus=num_gpus, deepspeed=deepspeed, profile=profile).peak
+
+
+def _packed(cfg) -> bool:
+    from mmllava.data.packing import PackedDataset
+
+    dataset = (cfg.get('train_dataloader') or {}).get('dataset')
+    return isinstance(dataset, dict) and dataset.get('type') is PackedDataset
+
+
+def peak_line(cfg, deepspeed: str | None = None) -> str:
+    """One line for the train header: the predicted peak per GPU at ``max_length`` (``mmllava plan
+    CONFIG`` gives the details). Never raises: a config the plan cannot read must still train."""
+    import os
+
+    try:
+        peak = predict_peak(cfg, num_gpus=int(os.environ.get('WORLD_SIZE', 1)), deepspeed=deepspeed, read_data=False)
+    except Exception as e:  # noqa: BLE001 - the header must not stop a run
+        return f'predicted peak memory per GPU: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})'
+    return (f'predicted peak memory per GPU: {peak / GiB:.2f} GiB at max_length={cfg.get("max_length")} '
+            f'(details and the batch that fits: mmllava plan {os.path.basename(cfg.filename or "CONFIG")})')
