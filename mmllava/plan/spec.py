@@ -51,19 +51,41 @@ class ModelSpec:
         return getattr(self.llm.config, '_attn_implementation', None) or 'sdpa'
 
 
+def _get(mapping, key, default=None):
+    """``mapping[key]`` without building mmengine's lazy imports: reading ``type=LLaVAModel`` must not
+    import the model code (mmengine's model registry imports torch's compiler: seconds)."""
+    return dict.get(mapping, key, default) if isinstance(mapping, dict) else default
+
+
 def _dtype(value, default):
     import torch
 
-    if value is None or value == 'auto':
+    if value is None or str(value) == 'auto':
         return default
-    if isinstance(value, str):
-        return getattr(torch, value.removeprefix('torch.'))
-    return value
+    if isinstance(value, torch.dtype):
+        return value
+    return getattr(torch, str(value).removeprefix('torch.'))  # a name or mmengine's lazy ``torch.bfloat16``
 
 
 def _type_name(obj) -> str:
-    obj_type = obj.get('type') if isinstance(obj, dict) else None
-    return obj_type if isinstance(obj_type, str) else getattr(obj_type, '__name__', '')
+    obj_type = _get(obj, 'type')
+    if isinstance(obj_type, str):
+        return obj_type.rsplit('.', 1)[-1]
+    return getattr(obj_type, '_imported', None) or getattr(obj_type, '__name__', '')
+
+
+def meta_projector(visual_hidden: int, llm_hidden: int, depth: int):
+    """LLaVA's projector on the meta device: the layout of ``mmllava.models.projector.Projector``
+    (Linear, then (GELU, Linear) x depth-1), built here because importing ``mmllava.models`` loads
+    mmengine's model registry."""
+    import torch
+    from torch import nn
+
+    with torch.device('meta'):
+        layers = [nn.Linear(visual_hidden, llm_hidden)]
+        for _ in range(depth - 1):
+            layers += [nn.GELU(), nn.Linear(llm_hidden, llm_hidden)]
+        return nn.Sequential(*layers)
 
 
 def _lora(cfg) -> LoraSpec | None:
@@ -71,10 +93,10 @@ def _lora(cfg) -> LoraSpec | None:
         return None
     if not isinstance(cfg, dict):  # an already built LoraConfig
         cfg = vars(cfg)
-    targets = cfg.get('target_modules')
+    targets = _get(cfg, 'target_modules')
     if isinstance(targets, str):
         targets = (targets,)
-    return LoraSpec(int(cfg.get('r', 8)), float(cfg.get('lora_dropout', 0.0) or 0.0),
+    return LoraSpec(int(_get(cfg, 'r', 8)), float(_get(cfg, 'lora_dropout', 0.0) or 0.0),
                     None if targets is None else tuple(targets))
 
 
@@ -85,12 +107,12 @@ def _quant(cfg) -> dict | None:
         return None
     if not isinstance(cfg, dict):
         cfg = cfg.to_dict()
-    if cfg.get('load_in_8bit'):
+    if _get(cfg, 'load_in_8bit'):
         raise MMLLaVAError('model.llm.quantization_config: load_in_8bit is not planned (NF4/FP4 4-bit only)')
-    if not cfg.get('load_in_4bit'):
+    if not _get(cfg, 'load_in_4bit'):
         return None
-    return {'double_quant': bool(cfg.get('bnb_4bit_use_double_quant')),
-            'compute_dtype': _dtype(cfg.get('bnb_4bit_compute_dtype'), torch.float32)}
+    return {'double_quant': bool(_get(cfg, 'bnb_4bit_use_double_quant')),
+            'compute_dtype': _dtype(_get(cfg, 'bnb_4bit_compute_dtype'), torch.float32)}
 
 
 def read_model_spec(cfg) -> ModelSpec:
@@ -99,29 +121,25 @@ def read_model_spec(cfg) -> ModelSpec:
 
     from mmllava.plan.architecture import meta_clip, meta_internvl, meta_llm, read_architecture
 
-    model = cfg.get('model')
+    model = _get(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg, 'model')
     kind = _type_name(model)
     if kind not in ('LLaVAModel', 'InternVLModel'):
         raise MMLLaVAError(f'{cfg.filename}: model.type must be LLaVAModel or InternVLModel to plan, got {kind!r}')
-    common = dict(freeze_llm=bool(model.get('freeze_llm', kind == 'InternVLModel')),
-                  freeze_vision=bool(model.get('freeze_visual_encoder', kind == 'InternVLModel')),
-                  llm_lora=_lora(model.get('llm_lora')), vision_lora=_lora(model.get('visual_encoder_lora')),
-                  checkpointing=bool(model.get('use_activation_checkpointing', True)),
-                  loss_chunk_size=int(model.get('loss_chunk_size', 4096)))
+    common = dict(freeze_llm=bool(_get(model, 'freeze_llm', kind == 'InternVLModel')),
+                  freeze_vision=bool(_get(model, 'freeze_visual_encoder', kind == 'InternVLModel')),
+                  llm_lora=_lora(_get(model, 'llm_lora')), vision_lora=_lora(_get(model, 'visual_encoder_lora')),
+                  checkpointing=bool(_get(model, 'use_activation_checkpointing', True)),
+                  loss_chunk_size=int(_get(model, 'loss_chunk_size', 4096)))
     if kind == 'LLaVAModel':
-        llm_cfg, vision_cfg = model['llm'], model['visual_encoder']
-        llm_arch = read_architecture(llm_cfg.get('path'), 'llm_name_or_path')
-        vision_arch = read_architecture(vision_cfg.get('path'), 'visual_encoder_name_or_path')
+        llm_cfg, vision_cfg = _get(model, 'llm'), _get(model, 'visual_encoder')
+        llm_arch = read_architecture(_get(llm_cfg, 'path'), 'llm_name_or_path')
+        vision_arch = read_architecture(_get(vision_cfg, 'path'), 'visual_encoder_name_or_path')
         llm, vision = meta_llm(llm_arch.config), meta_clip(vision_arch.config)
-        from mmllava.models.projector import Projector
-
-        with torch.device('meta'):
-            projector = Projector(vision.config.hidden_size, llm.config.hidden_size,
-                                  depth=model.get('projector_depth', 2))
-        quant = _quant(llm_cfg.get('quantization_config'))
-        llm_dtype = _dtype(llm_cfg.get('torch_dtype'), torch.float32)
-        vision_dtype = _dtype(vision_cfg.get('torch_dtype'), torch.float32)
-        select = int(model.get('visual_select_layer', -2))
+        projector = meta_projector(vision.config.hidden_size, llm.config.hidden_size, _get(model, 'projector_depth', 2))
+        quant = _quant(_get(llm_cfg, 'quantization_config'))
+        llm_dtype = _dtype(_get(llm_cfg, 'torch_dtype'), torch.float32)
+        vision_dtype = _dtype(_get(vision_cfg, 'torch_dtype'), torch.float32)
+        select = int(_get(model, 'visual_select_layer', -2))
         layers = vision.config.num_hidden_layers
         side = vision.config.image_size // vision.config.patch_size
         return ModelSpec('llava', llm, vision, projector, llm_dtype, vision_dtype,
@@ -129,10 +147,10 @@ def read_model_spec(cfg) -> ModelSpec:
                          vision_layers_used=layers + 1 + select if select < 0 else select,
                          image_tokens_per_tile=side * side, tile_positions=side * side + 1,
                          sources=[llm_arch.source, vision_arch.source])
-    internvl_cfg = model['internvl']
-    arch = read_architecture(internvl_cfg.get('path'), 'path')
+    internvl_cfg = _get(model, 'internvl')
+    arch = read_architecture(_get(internvl_cfg, 'path'), 'path')
     parts = meta_internvl(arch.config)
-    dtype = _dtype(internvl_cfg.get('torch_dtype'), torch.float32)
+    dtype = _dtype(_get(internvl_cfg, 'torch_dtype'), torch.float32)
     native = parts['config']
     vcfg = native.vision_config
     size = vcfg.image_size[0] if isinstance(vcfg.image_size, (list, tuple)) else vcfg.image_size
@@ -140,7 +158,7 @@ def read_model_spec(cfg) -> ModelSpec:
     side = size // patch
     layer = native.vision_feature_layer
     return ModelSpec('internvl', parts['llm'], parts['vision'], parts['projector'], dtype, dtype, dtype,
-                     _quant(internvl_cfg.get('quantization_config')), **common,
+                     _quant(_get(internvl_cfg, 'quantization_config')), **common,
                      vision_layers_used=vcfg.num_hidden_layers + 1 + layer if layer < 0 else layer,
                      image_tokens_per_tile=int(side * side * native.downsample_ratio ** 2),
                      tile_positions=side * side + 1, sources=[arch.source])
