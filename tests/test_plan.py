@@ -131,7 +131,7 @@ def test_plan_reads_the_data_lengths(tiny_zoo, capsys, monkeypatch):
     text = capsys.readouterr().out
     # the same lengths check-dataset reports for this data (tests/test_check_dataset.py)
     assert 'data: 260 samples; positions (image positions counted) p50 101, p95 118, max 118; 0 cut by max_length=256' in text
-    assert 'fits 1 GiB with 10% headroom: batch_size=' in text
+    assert 'fits 1 GiB with 10% headroom: up to batch_size=' in text
 
 
 def test_bad_gpu_mem_is_one_line(capsys):

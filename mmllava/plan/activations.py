@@ -26,7 +26,8 @@ image-position mask (1 byte), token ids (8) when the embeddings train, a padding
 (2 × b bytes, as measured) when a padded batch has more than one row, and the loss: it computes
 the LM head only at the ``n`` labelled positions (``labelled_loss``), saving their hidden states
 ``b·h·n`` when the head trains or ``n > loss_chunk_size`` (then each chunk is checkpointed and only
-the hidden states stay) and otherwise the fp32 log-softmax ``4·V·n``.
+the hidden states stay) and otherwise the fp32 log-softmax ``4·V·n``. Backward adds, transiently,
+the logits' gradients ``(4 + b)·V·n`` (a chunk's recomputed logits and log-softmax too when chunked).
 
 Activation checkpointing (non-reentrant) keeps only each decoder layer's input, ``res·h`` a token
 (``res`` = the residual stream's bytes: 4 when QLoRA's fp32 embeddings feed it under autocast),
@@ -155,7 +156,9 @@ def activation_bytes(spec: ModelSpec, p: Precision, rows: int, row_length: int, 
     chunked = labelled > spec.loss_chunk_size
     held += (p.b * h * labelled if trains or chunked else 0) + (0 if chunked else 4 * vocab * labelled)
     transient = layer if ckpt else 0
-    transient += (4 + 4 + p.b) * vocab * min(labelled, spec.loss_chunk_size) if chunked else 0
+    # backward of the loss: the logits' gradient (fp32, then the compute dtype); a chunked loss first
+    # recomputes its chunk's logits and log-softmax as well
+    transient += ((4 + 4 + 4 + p.b) * vocab * spec.loss_chunk_size if chunked else (4 + p.b) * vocab * labelled)
     # image branch
     vision_layer = vision_layer_bytes(spec, p)
     positions = images * spec.tile_positions

@@ -76,7 +76,7 @@ def _zero(deepspeed: str | None) -> tuple[int | None, bool]:
 
 
 def workload(spec: ModelSpec, profile: DataProfile, rows: int, q: float = 0.95,
-             max_length: int | None = None) -> Workload:
+             max_length: int | None = None, max_tiles: int = 1) -> Workload:
     """``rows`` rows at the ``q`` sample (pack) of the data, or at ``max_length`` when the data is unknown."""
     if profile.read:
         length, labelled, images = profile.at(q)
@@ -87,8 +87,9 @@ def workload(spec: ModelSpec, profile: DataProfile, rows: int, q: float = 0.95,
             labelled = min(labelled, length)
         return Workload(rows, length, labelled, images, profile.packed)
     length = max_length or profile.max_length
-    images = 1 if spec.family == 'llava' else 1
-    # Unknown data: one image, every other position labelled (the conservative end).
+    # Unknown data: one image (InternVL: all its tiles and the thumbnail), every other position
+    # labelled: the conservative end.
+    images = max_tiles if spec.family == 'internvl' else 1
     return Workload(rows, length, length - images * spec.image_tokens_per_tile, images, profile.packed)
 
 
@@ -104,7 +105,8 @@ def make_plan(cfg, num_gpus: int = 1, deepspeed: str | None = None, device: str 
     state = state_bytes(rows, trained_tensors(spec), zero_stage, num_gpus, offload)
     loader = cfg.get('train_dataloader') or {}
     batch = batch_size or int(loader.get('batch_size', 1))
-    work = workload(spec, profile, batch)
+    dynamic = int(cfg.get('max_dynamic_patch') or 1)
+    work = workload(spec, profile, batch, max_tiles=dynamic + 1 if dynamic > 1 else 1)
     p = precision(spec, device, bool(deepspeed))
 
     def acts(ckpt=None, w=work):
@@ -146,11 +148,12 @@ def recommend(plan: Plan, gpu_mem: int) -> list[str]:
             mid = (low + high) // 2
             low, high = (mid, high) if peak_for(plan, mid) <= budget else (low, mid)
         best = low
-        accumulate = max(1, math.ceil(effective / best))
-        return [f'fits {gpu_mem / GiB:.0f} GiB with 10% headroom: batch_size={best} {unit} per GPU '
-                f'(peak {peak_for(plan, best) / GiB:.2f} GiB), accumulative_counts={accumulate} '
-                f'keeps the effective batch of {effective} (config: batch_size={plan.workload.rows}, '
-                f'accumulative_counts={plan.accumulative_counts})']
+        batch = min(best, effective)
+        accumulate = max(1, math.ceil(effective / batch))
+        return [f'fits {gpu_mem / GiB:.0f} GiB with 10% headroom: up to batch_size={best} {unit} per GPU '
+                f'(peak {peak_for(plan, best) / GiB:.2f} GiB); for the config\'s effective batch of {effective} '
+                f'(batch_size={plan.workload.rows} x accumulative_counts={plan.accumulative_counts}): '
+                f'batch_size={batch}, accumulative_counts={accumulate} (peak {peak_for(plan, batch) / GiB:.2f} GiB)']
     spec = plan.spec
     options = []
     if not spec.checkpointing:
@@ -161,6 +164,9 @@ def recommend(plan: Plan, gpu_mem: int) -> list[str]:
         options.append(('QLoRA (4-bit NF4 LLM + LoRA)', dict(
             quant={'double_quant': True, 'compute_dtype': torch.bfloat16}, freeze_llm=True,
             llm_lora=spec.llm_lora or LoraSpec(64, 0.05, None))))
+    if spec.llm_lora and spec.llm_lora.r > 64:
+        options.append((f'LLM LoRA r=64 (config: r={spec.llm_lora.r})',
+                        dict(llm_lora=dataclasses.replace(spec.llm_lora, r=64))))
     lines = [f'nothing fits {gpu_mem / GiB:.0f} GiB with 10% headroom: batch_size=1 needs '
              f'{peak_for(plan, 1) / GiB:.2f} GiB']
     results = [(name, peak_for(plan, 1, **changes)) for name, changes in options]

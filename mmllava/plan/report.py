@@ -23,7 +23,8 @@ def plan_lines(plan: Plan, gpu_mem: int | None = None) -> list[str]:
                        f'p95 fill {percentile(profile.lengths, 0.95)}')
     else:
         out.append(f'data: not read ({profile.note}); planned at max_length={profile.max_length}, '
-                   'one image a sample, every text position labelled')
+                   f'{plan.workload.images} image{" tiles" if plan.spec.family == "internvl" else ""} a sample, '
+                   'every text position labelled')
     out.append('parameters:')
     for row in plan.rows:
         trained = f', {row.trainable:,} trained' if row.trainable else ''
