@@ -41,8 +41,7 @@ def plan_lines(plan: Plan, gpu_mem: int | None = None) -> list[str]:
                f'{w.labelled} labelled, {w.images} image{"s" if w.images != 1 else ""}'
                f'{" tiles" if plan.spec.family == "internvl" else ""}): '
                f'{_gib(plan.activations_no_ckpt.held)} without checkpointing, '
-               f'{_gib(plan.activations_ckpt.held)} + {_gib(plan.activations_ckpt.transient)} recomputed with '
-               f'(config: {ckpt})')
+               f'{_gib(plan.activations_ckpt.held)} with it (config: {ckpt})')
     out.append(f'micro-batch: {w.rows} x {w.row_length} positions: activations {_gib(plan.activations.held)} '
                f'+ {_gib(plan.activations.transient)} transient in backward')
     out.append(f'predicted peak per GPU: {_gib(plan.peak)}')
