@@ -23,7 +23,8 @@ Llama-style decoder layer (hidden ``h``, intermediate ``i``, ``a`` heads, ``k`` 
 
 Whole model: RoPE's cos and sin ``2·b·d`` a position (shared by the layers), the final norm, the
 image-position mask (1 byte), token ids (8) when the embeddings train, a padding mask ``B·L²``
-(2 × b bytes, as measured) when a padded batch has more than one row, and the loss: it computes
+when a padded batch has more than one row (``b`` bytes an element in each layer's attention, or
+once as bool under checkpointing), and the loss: it computes
 the LM head only at the ``n`` labelled positions (``labelled_loss``), saving their hidden states
 ``b·h·n`` when the head trains or ``n > loss_chunk_size`` (then each chunk is checkpointed and only
 the hidden states stay) and otherwise the fp32 log-softmax ``4·V·n``. Backward adds, transiently,
@@ -151,7 +152,11 @@ def activation_bytes(spec: ModelSpec, p: Precision, rows: int, row_length: int, 
     held += 2 * p.b * d * row_length + 4 * h * tokens + 4 * tokens + (p.b * h * tokens if trains else 0)
     held += tokens * (1 + (8 if trains else 0)) + tokens  # image-position mask, ids, labelled-position mask
     if rows > 1 and padded:
-        held += 2 * p.b * rows * row_length ** 2
+        # the padding mask: bool, held by the checkpointed layers; without checkpointing each
+        # layer's attention saves it converted to the compute dtype
+        held += rows * row_length ** 2 * (1 if ckpt else layers * p.b)
+    if ckpt:
+        held += 8 * row_length  # position ids, held by the checkpointed layers
     vocab = c.vocab_size
     chunked = labelled > spec.loss_chunk_size
     held += (p.b * h * labelled if trains or chunked else 0) + (0 if chunked else 4 * vocab * labelled)

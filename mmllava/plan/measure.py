@@ -81,17 +81,24 @@ class SavedActivations:
                          for t in [t, *_quant_state_tensors(t)]}
         self.storages: dict[tuple[int, int], weakref.ref] = {}
 
-    def _pack(self, tensor: torch.Tensor):
+    def _record(self, tensor: torch.Tensor) -> None:
         key = _storage_key(tensor)
         if key not in self._exclude and tensor.device.type != 'meta':
-            # A weak reference: a graph freed during the forward pass (LLaVA's unused last vision
-            # layer) frees its tensors, which then no longer count; a reused address overwrites a dead entry.
+            # A weak reference: a graph freed during the forward pass frees its tensors, which then
+            # no longer count; a reused address overwrites a dead entry.
             self.storages[key] = weakref.ref(tensor)
-        return tensor
+
+    def _pack(self, tensor: torch.Tensor):
+        # Saved as a detached alias (same storage): the tensor itself would tie a saved output to its
+        # own grad_fn in a reference cycle that keeps dead graphs alive. The alias lives exactly as
+        # long as autograd holds it.
+        alias = tensor.detach()
+        self._record(alias)
+        return alias
 
     def alive(self) -> list[torch.Tensor]:
         """The saved tensors still held (by the autograd graph, once the forward pass has returned)."""
-        gc.collect()  # a tensor saved by its own grad_fn through the hooks forms a cycle: let it go
+        gc.collect()
         return [t for t in (ref() for ref in self.storages.values()) if t is not None]
 
     @property
@@ -109,9 +116,12 @@ class SavedActivations:
         self._generator = ckpt._checkpoint_without_reentrant_generator
 
         def generator(fn, *args, **kwargs):  # (fn, preserve, context_fn, ..., *inputs, **inputs)
-            for value in [*args, *kwargs.values()]:
-                if isinstance(value, torch.Tensor):
-                    self._pack(value)
+            # transformers binds a layer's keyword inputs (mask, RoPE cos/sin) in a functools.partial
+            bound = [*getattr(fn, 'args', ()), *getattr(fn, 'keywords', {}).values()]
+            for value in [*args, *kwargs.values(), *bound]:
+                for tensor in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(tensor, torch.Tensor):
+                        self._record(tensor)
             return self._generator(fn, *args, **kwargs)
 
         ckpt._checkpoint_without_reentrant_generator = generator
