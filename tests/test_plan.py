@@ -73,6 +73,8 @@ CASES = {  # name: (config, options, batch)
     'llava_lora': ('llava_tiny_qwen2_5_instruct_clip_lora_finetune', ['prompt_template=internlm2_chat'], 2),
     'llava_lora_checkpointing': ('llava_tiny_qwen2_5_instruct_clip_lora_finetune',
                                  ['prompt_template=internlm2_chat', CHECKPOINTING], 2),
+    'llava_lora_eager_attention': ('llava_tiny_qwen2_5_instruct_clip_lora_finetune',
+                                   ['prompt_template=internlm2_chat', 'model.llm.attn_implementation=eager'], 2),
     'llava_full': ('llava_tiny_qwen2_5_instruct_clip_full_finetune', ['prompt_template=internlm2_chat'], 2),
     'llava_full_checkpointing': ('llava_tiny_qwen2_5_instruct_clip_full_finetune',
                                  ['prompt_template=internlm2_chat', CHECKPOINTING], 2),

@@ -18,7 +18,8 @@ Llama-style decoder layer (hidden ``h``, intermediate ``i``, ``a`` heads, ``k`` 
   once per group); + ``b·r`` (the input of ``lora_B``);
 - attention, SDPA / flash-attention-2: q ``b·a·d``, k and v ``b·k·d`` each, the output ``b·a·d``
   (also ``o_proj``'s input), log-sum-exp ``4a``; eager attention instead keeps k and v repeated to
-  ``a`` heads, the fp32 softmax and its ``b`` copy: ``(4 + b)·a·L`` a token for a row of ``L``;
+  ``a`` heads, the fp32 softmax and its ``b`` copy (none when ``b = 4``): ``(4 + b)·a·L`` a token
+for a row of ``L``;
 - the SwiGLU MLP: ``silu(gate)`` saves gate's output, the product saves both factors: ``3·b·i``.
 
 Whole model: RoPE's cos and sin ``2·b·d`` a position (shared by the layers), the final norm, the
@@ -94,7 +95,8 @@ def decoder_layer_bytes(spec: ModelSpec, p: Precision, row: int) -> int:
     total = 2 * norm
     total += _group(h, ['q_proj', 'k_proj', 'v_proj'], trains, lora, p)
     if spec.attn_implementation == 'eager':
-        total += p.b * (a * d + 2 * a * d) + (4 + p.b) * a * row
+        # q, k and v repeated to a heads, the fp32 softmax (and its copy in the compute dtype, if not fp32)
+        total += p.b * 3 * a * d + (4 + (p.b if p.b != 4 else 0)) * a * row
         total += _group(a * d, ['o_proj'], trains, lora, p)
     else:
         total += p.b * (2 * a * d + 2 * k * d) + 4 * a

@@ -45,10 +45,12 @@ class ModelSpec:
     image_tokens_per_tile: int
     tile_positions: int  # positions one image (tile) takes in the vision tower, CLS included
     sources: list[str] = field(default_factory=list)
+    attention: str | None = None  # the config's ``attn_implementation``, if it names one
 
     @property
     def attn_implementation(self) -> str:
-        return getattr(self.llm.config, '_attn_implementation', None) or 'sdpa'
+        """The LLM's attention kernel: the config's choice, else SDPA (flash-attention-2 saves the same)."""
+        return self.attention or 'sdpa'
 
 
 def _get(mapping, key, default=None):
@@ -146,7 +148,8 @@ def read_model_spec(cfg) -> ModelSpec:
                          torch.float32 if quant else llm_dtype, quant, **common,
                          vision_layers_used=layers + 1 + select if select < 0 else select,
                          image_tokens_per_tile=side * side, tile_positions=side * side + 1,
-                         sources=[llm_arch.source, vision_arch.source])
+                         sources=[llm_arch.source, vision_arch.source],
+                         attention=_get(llm_cfg, 'attn_implementation'))
     internvl_cfg = _get(model, 'internvl')
     arch = read_architecture(_get(internvl_cfg, 'path'), 'path')
     parts = meta_internvl(arch.config)
@@ -161,4 +164,5 @@ def read_model_spec(cfg) -> ModelSpec:
                      _quant(_get(internvl_cfg, 'quantization_config')), **common,
                      vision_layers_used=vcfg.num_hidden_layers + 1 + layer if layer < 0 else layer,
                      image_tokens_per_tile=int(side * side * native.downsample_ratio ** 2),
-                     tile_positions=side * side + 1, sources=[arch.source])
+                     tile_positions=side * side + 1, sources=[arch.source],
+                     attention=_get(internvl_cfg, 'attn_implementation'))
