@@ -22,7 +22,8 @@ def add_arguments(parser):
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE', help='override config values')
     parser.add_argument('--gpu-mem', metavar='SIZE', help='GPU memory to fit, e.g. 24GB (GiB are meant)')
     parser.add_argument('--num-gpus', type=int, default=1, metavar='N', help='GPUs training together (default 1)')
-    parser.add_argument('--deepspeed', metavar='ZERO', help='zero1|zero2|zero3|zero2_offload|zero3_offload or a JSON file')
+    parser.add_argument('--deepspeed', metavar='ZERO',
+                        help='zero1|zero2|zero3|zero2_offload|zero3_offload or a JSON file')
     parser.add_argument('--json', metavar='OUT', help='also write the numbers (bytes) to this JSON file')
 
 

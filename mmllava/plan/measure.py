@@ -40,11 +40,12 @@ def _storage_key(tensor: torch.Tensor) -> tuple[int, int]:
 
 
 def _quant_state_tensors(param) -> list[torch.Tensor]:
-    """The tensors of a bitsandbytes ``Params4bit`` quantisation state (absmax, code, nested ones)."""
+    """The tensors of a bitsandbytes ``Params4bit`` quantisation state (absmax, code, offset, nested ones)."""
     state = getattr(param, 'quant_state', None)
     out = []
     while state is not None:
-        out += [t for t in (getattr(state, 'absmax', None), getattr(state, 'code', None)) if t is not None]
+        out += [t for t in (getattr(state, name, None) for name in ('absmax', 'code', 'offset'))
+                if isinstance(t, torch.Tensor)]
         state = getattr(state, 'state2', None)
     return out
 

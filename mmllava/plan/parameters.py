@@ -137,7 +137,8 @@ def trained_tensors(spec: ModelSpec) -> int:
     n += 0 if spec.freeze_llm or spec.quant else sum(1 for _ in spec.llm.parameters())
     n += 0 if spec.freeze_vision else sum(1 for name, _ in spec.vision.named_parameters()
                                           if reaches_loss(name, spec.vision_layers_used))
-    for lora, module, used in ((spec.llm_lora, spec.llm, None), (spec.vision_lora, spec.vision, spec.vision_layers_used)):
+    for lora, module, used in ((spec.llm_lora, spec.llm, None),
+                               (spec.vision_lora, spec.vision, spec.vision_layers_used)):
         if lora:
             n += 2 * sum(1 for name, m in module.named_modules() if isinstance(m, nn.Linear)
                          and m is not spec.llm.get_output_embeddings() and lora.targets_leaf(name.rsplit('.', 1)[-1])

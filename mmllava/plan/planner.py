@@ -10,6 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from mmllava.errors import MMLLaVAError
 from mmllava.plan.activations import Activations, activation_bytes, precision
 from mmllava.plan.data import DataProfile, percentile, read_profile
 from mmllava.plan.parameters import PartRow, StateBytes, parameter_rows, state_bytes, trained_tensors
@@ -53,25 +54,23 @@ class Plan:
 
 
 def _zero(deepspeed: str | None) -> tuple[int | None, bool]:
+    """(ZeRO stage, optimizer offloaded) of a ``--deepspeed`` value: a shipped name or a JSON file."""
     if not deepspeed:
         return None, False
     name = str(deepspeed).removeprefix('deepspeed_')
     if name.endswith('.json'):
         import json
 
-        from mmllava.errors import MMLLaVAError
-
         try:
-            ds = json.loads(open(name, encoding='utf-8').read())
+            with open(name, encoding='utf-8') as f:
+                zero = json.load(f).get('zero_optimization') or {}
         except (OSError, ValueError) as e:
             raise MMLLaVAError(f'--deepspeed {deepspeed}: {e}') from None
-        zero = ds.get('zero_optimization') or {}
         return int(zero.get('stage', 0)), bool(zero.get('offload_optimizer'))
     stage = name.removeprefix('zero').split('_')[0]
-    from mmllava.errors import MMLLaVAError
-
     if not stage.isdigit():
-        raise MMLLaVAError(f'--deepspeed {deepspeed}: expected zero1|zero2|zero3|zero2_offload|zero3_offload or a JSON file')
+        raise MMLLaVAError(f'--deepspeed {deepspeed}: expected zero1|zero2|zero3|zero2_offload|zero3_offload '
+                           'or a JSON file')
     return int(stage), name.endswith('_offload')
 
 
@@ -172,7 +171,8 @@ def recommend(plan: Plan, gpu_mem: int) -> list[str]:
     results = [(name, peak_for(plan, 1, **changes)) for name, changes in options]
     if plan.num_gpus > 1 and plan.zero_stage != 3:
         zero3 = state_bytes(plan.rows, trained_tensors(spec), 3, plan.num_gpus, plan.offload)
-        results.append((f'--deepspeed zero3 on {plan.num_gpus} GPUs', peak_for(plan, 1) - plan.state.total + zero3.total))
+        results.append((f'--deepspeed zero3 on {plan.num_gpus} GPUs',
+                        peak_for(plan, 1) - plan.state.total + zero3.total))
     if not plan.offload:
         offload = state_bytes(plan.rows, trained_tensors(spec), 2, plan.num_gpus, True)
         dense = precision(spec, plan.device, True)
