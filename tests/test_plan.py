@@ -159,3 +159,18 @@ def test_bad_gpu_mem_is_one_line(capsys):
     assert main(['plan', 'llava_tiny_internlm2_chat_qlora_clip_finetune', '--gpu-mem', 'lots']) == 1
     assert capsys.readouterr().err.strip() == (
         "mmllava plan: error: --gpu-mem: expected a size such as 24GB or 80GiB, got 'lots'")
+
+
+def test_train_header_line_is_the_plans_peak_and_never_raises():
+    from mmllava.config import load_config, parse_cfg_options
+    from mmllava.plan.planner import peak_line, predict_peak
+
+    name = 'llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune'
+    cfg = load_config(name)
+    peak = predict_peak(cfg, read_data=False)
+    assert peak_line(cfg) == (f'predicted peak memory per GPU: {peak / 2 ** 30:.2f} GiB at max_length=2048 '
+                              f'(details and the batch that fits: mmllava plan {name}.py)')
+    broken = load_config(name, parse_cfg_options(['llm_name_or_path=/nowhere/unknown_llm']))
+    reason = ('llm_name_or_path: /nowhere/unknown_llm does not exist and is none of the models mmllava describes '
+              '(internvl2_2b, ...)')
+    assert peak_line(broken) == f'predicted peak memory per GPU: unavailable (MMLLaVAError: {reason[:120]})'

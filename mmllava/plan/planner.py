@@ -68,7 +68,7 @@ def _zero(deepspeed: str | None) -> tuple[int | None, bool]:
             raise MMLLaVAError(f'--deepspeed {deepspeed}: {e}') from None
         return int(zero.get('stage', 0)), bool(zero.get('offload_optimizer'))
     stage = name.removeprefix('zero').split('_')[0]
-    if not stage.isdigit():
+    if not stage.isdigit() or int(stage) > 3:
         raise MMLLaVAError(f'--deepspeed {deepspeed}: expected zero1|zero2|zero3|zero2_offload|zero3_offload '
                            'or a JSON file')
     return int(stage), name.endswith('_offload')
