@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mmllava.errors import MMLLaVAError
 from mmllava.plan.activations import Activations, activation_bytes, precision
-from mmllava.plan.data import DataProfile, percentile, read_profile
+from mmllava.plan.data import DataProfile, read_profile
 from mmllava.plan.parameters import PartRow, StateBytes, parameter_rows, state_bytes, trained_tensors
 from mmllava.plan.spec import LoraSpec, ModelSpec, read_model_spec
 
@@ -33,6 +33,9 @@ class Workload:
 
 @dataclass
 class Plan:
+    """Everything ``mmllava plan`` prints: the model, the data, the state per GPU, the activations of
+    the configured micro-batch and of one row with and without checkpointing."""
+
     spec: ModelSpec
     profile: DataProfile
     rows: list[PartRow]
@@ -41,7 +44,6 @@ class Plan:
     activations: Activations
     activations_no_ckpt: Activations
     activations_ckpt: Activations
-    per_sample: int  # activations of one row, as configured
     zero_stage: int | None
     num_gpus: int
     offload: bool
@@ -50,6 +52,7 @@ class Plan:
 
     @property
     def peak(self) -> int:
+        """Predicted peak bytes per GPU."""
         return self.state.total + self.activations.held + self.activations.transient
 
 
@@ -74,21 +77,16 @@ def _zero(deepspeed: str | None) -> tuple[int | None, bool]:
     return int(stage), name.endswith('_offload')
 
 
-def workload(spec: ModelSpec, profile: DataProfile, rows: int, q: float = 0.95,
-             max_length: int | None = None, max_tiles: int = 1) -> Workload:
-    """``rows`` rows at the ``q`` sample (pack) of the data, or at ``max_length`` when the data is unknown."""
+def workload(spec: ModelSpec, profile: DataProfile, rows: int, q: float = 0.95, max_tiles: int = 1) -> Workload:
+    """``rows`` rows like the data's ``q`` sample (pack, with packing) by length, or at ``max_length``
+    when the data is unknown."""
     if profile.read:
         length, labelled, images = profile.at(q)
-        if profile.packed:  # a pack row is max_length positions wide at most, padded to the batch's longest
-            length = max(length, percentile(profile.lengths, q))
-        if max_length:
-            length = min(length, max_length)
-            labelled = min(labelled, length)
         return Workload(rows, length, labelled, images, profile.packed)
-    length = max_length or profile.max_length
     # Unknown data: one image (InternVL: all its tiles and the thumbnail), every other position
     # labelled: the conservative end.
     images = max_tiles if spec.family == 'internvl' else 1
+    length = profile.max_length
     return Workload(rows, length, length - images * spec.image_tokens_per_tile, images, profile.packed)
 
 
@@ -114,9 +112,8 @@ def make_plan(cfg, num_gpus: int = 1, deepspeed: str | None = None, device: str 
 
     one = dataclasses.replace(work, rows=1)
     accumulate = int((cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1) or 1)
-    per_sample = acts(w=one)
     return Plan(spec, profile, rows, state, work, acts(), acts(False, one), acts(True, one),
-                per_sample.held, zero_stage, num_gpus, offload, accumulate, device)
+                zero_stage, num_gpus, offload, accumulate, device)
 
 
 def peak_for(plan: Plan, rows: int, **spec_changes) -> int:
