@@ -22,10 +22,11 @@ Llama-style decoder layer (hidden ``h``, intermediate ``i``, ``a`` heads, ``k`` 
 for a row of ``L``;
 - the SwiGLU MLP: ``silu(gate)`` saves gate's output, the product saves both factors: ``3·b·i``.
 
-Whole model: RoPE's cos and sin ``2·b·d`` a position (shared by the layers), the final norm, the
-image-position mask (1 byte), token ids (8) when the embeddings train, a padding mask ``B·L²``
-when a padded batch has more than one row (``b`` bytes an element in each layer's attention, or
-once as bool under checkpointing), and the loss: it computes
+Whole model: RoPE's cos and sin ``2·b·d`` a position of a row (of every row when packed: the
+positions differ; shared by the layers), the final norm, the
+image-position mask (1 byte), token ids (8) when the embeddings train, a mask ``B·L²`` when a
+padded batch has more than one row or rows are packed (``b`` bytes an element in each layer's SDPA,
+or once as bool under checkpointing), and the loss: it computes
 the LM head only at the ``n`` labelled positions (``labelled_loss``), saving their hidden states
 ``b·h·n`` when the head trains or ``n > loss_chunk_size`` (then each chunk is checkpointed and only
 the hidden states stay) and otherwise the fp32 log-softmax ``4·V·n``. Backward adds, transiently,
@@ -151,11 +152,11 @@ def activation_bytes(spec: ModelSpec, p: Precision, rows: int, row_length: int, 
     layers = c.num_hidden_layers
     held = (layers * p.res * h * tokens) if ckpt else layers * layer
     trains = not spec.freeze_llm and not spec.quant
-    held += 2 * p.b * d * row_length + 4 * h * tokens + 4 * tokens + (p.b * h * tokens if trains else 0)
+    held += 2 * p.b * d * row_length * (1 if padded else rows) + 4 * h * tokens + 4 * tokens + (p.b * h * tokens if trains else 0)
     held += tokens * (1 + (8 if trains else 0)) + tokens  # image-position mask, ids, labelled-position mask
-    if rows > 1 and padded:
-        # the padding mask: bool, held by the checkpointed layers; without checkpointing each
-        # layer's attention saves it converted to the compute dtype
+    if rows > 1 or not padded:
+        # the padding mask (or packed rows' per-sample causal mask): bool, held by the checkpointed
+        # layers; without checkpointing each layer's SDPA saves it converted to the compute dtype
         held += rows * row_length ** 2 * (1 if ckpt else layers * p.b)
     if ckpt:
         held += 8 * row_length  # position ids, held by the checkpointed layers
