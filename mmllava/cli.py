@@ -20,6 +20,7 @@ VERBS = {
     'eval': ('eval', 'evaluate a model on a data file (exact-match / multiple-choice accuracy)'),
     'demo': ('demo', 'a web page to chat with a model about images (Gradio)'),
     'serve': ('serve', 'an OpenAI-compatible HTTP API for a model (/v1/chat/completions)'),
+    'plan': ('plan', 'predict peak GPU memory of a config and the batch that fits a GPU'),
     'bench': ('bench', 'time a config: runner vs bare PyTorch loop, tokens/s, padding, memory'),
 }
 

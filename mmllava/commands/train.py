@@ -59,5 +59,7 @@ def run(args):
     with in_process_world(), reported_config_errors(cfg):
         cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=args.deepspeed, launcher=args.launcher,
                              resume=resume, seed=args.seed)
+        from mmllava.plan.planner import peak_line  # the plan's predicted peak, one header line
+        print(peak_line(cfg, args.deepspeed), flush=True)
         build_runner(cfg).train()
     return 0

@@ -44,7 +44,8 @@ def build_training_dataset(cfg, **overrides):
     from mmllava.data.packing import unpacked_dataset_cfg
 
     dataset_cfg = unpacked_dataset_cfg((cfg.get('train_dataloader') or {}).get('dataset'))
-    if not isinstance(dataset_cfg, dict) or dataset_cfg.get('type') is not LLaVADataset:
+    if not isinstance(dataset_cfg, dict) or not (isinstance(dataset_cfg.get('type'), type)
+                                                  and issubclass(dataset_cfg['type'], LLaVADataset)):
         raise MMLLaVAError(f'{cfg.filename}: train_dataloader.dataset must be dict(type=LLaVADataset, ...) '
                            'for this command')
     try:
