@@ -50,6 +50,18 @@ def _failure(error: Exception) -> tuple[int, str, str]:
     return 500, f'generation failed: {type(error).__name__}: {error}', 'server_error'
 
 
+def prepare_request(body: bytes, model_id: str, prompt_budget: PromptBudget, allow_local_images: Path | None = None,
+                    limits: Limits = Limits(), max_file_bytes: int = 32 << 20) -> ParsedRequest:
+    """All the cheap checks of a request body, before it waits for anything (run it in a thread): JSON,
+    fields, images from their headers against ``limits``, and prompt tokens against ``prompt_budget``
+    (which caps ``max_tokens``); raises :class:`RequestError`. Images are left undecoded."""
+    text_only = prompt_budget.chat_model.image_processor is None
+    parsed = parse_chat_request(parse_json_body(body), model_id, allow_local_images, text_only, limits,
+                                max_file_bytes)
+    prompt_budget.check(parsed.request)
+    return parsed
+
+
 def _busy(error: Busy) -> JSONResponse:
     return error_response(503, str(error), 'server_busy', **{'Retry-After': '1'})
 
@@ -67,7 +79,6 @@ def create_app(worker: GenerationWorker, model_id: str, allow_local_images: Path
     # The interactive docs load their scripts from a CDN; this server works offline, so none.
     app = FastAPI(title='mmllava', docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
-    text_only = worker.chat_model.image_processor is None
     prompt_budget = PromptBudget(worker.chat_model, limits.max_prompt_tokens)
     decoding = asyncio.Semaphore(DECODE_CONCURRENCY)  # decoded images are large: a few at a time
 
@@ -82,11 +93,7 @@ def create_app(worker: GenerationWorker, model_id: str, allow_local_images: Path
                                             'owned_by': 'mmllava'}]}
 
     def prepare(body: bytes) -> ParsedRequest:
-        """Everything cheap, in a thread: JSON, fields, image headers against the budgets, prompt tokens."""
-        parsed = parse_chat_request(parse_json_body(body), model_id, allow_local_images, text_only, limits,
-                                    max_body_bytes)
-        prompt_budget.check(parsed.request)
-        return parsed
+        return prepare_request(body, model_id, prompt_budget, allow_local_images, limits, max_body_bytes)
 
     @app.post('/v1/chat/completions')
     async def chat_completions(request: Request):
