@@ -67,13 +67,15 @@ def run(args):
     from PIL import Image
 
     from mmllava.chat.arguments import load_model_from_args, model_name
+    from mmllava.data.image import DEFAULT_MAX_PIXELS as DEFAULT_PIL_MAX_PIXELS
     from mmllava.serve.api import create_app
     from mmllava.serve.http import run_server
     from mmllava.serve.limits import Limits
     from mmllava.serve.worker import GenerationWorker
 
-    # PIL refuses images over twice this from their header alone, whatever path decodes them.
-    Image.MAX_IMAGE_PIXELS = args.max_image_pixels
+    # PIL's own bomb check (an error past twice this, from the header) stays on as a backstop behind
+    # the budget, which decides first with a clearer message: on, and above what the budget allows.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_PIL_MAX_PIXELS, 2 * args.max_image_pixels)
     limits = Limits(args.max_image_pixels, args.max_request_pixels, args.max_images, args.max_prompt_tokens)
     worker = GenerationWorker(load_model_from_args(args), args.max_queue)
     app = create_app(worker, model_name(args), allow, int(args.max_upload_mb * 2**20), limits, args.body_timeout,
