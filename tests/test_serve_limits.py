@@ -319,3 +319,16 @@ def test_streams_end_when_the_worker_closes(served_chat_model):  # noqa: F811
     finally:
         handle.remove()
         release.set()
+
+
+def test_demo_uploads_are_checked_from_the_header(tmp_path):
+    from mmllava.data.image import load_image
+    from mmllava.errors import MMLLaVAError
+    from mmllava.serve.demo import load_upload
+
+    (tmp_path / 'bomb.png').write_bytes(png((6000, 6000), 'I;16'))
+    with pytest.raises(MMLLaVAError) as error:
+        load_upload(str(tmp_path / 'bomb.png'))
+    assert str(error.value) == ('image: image of 6000x6000 pixels (16-bit pixels count 3 times) is over the limit '
+                                'of 16777216 pixels per image (--max-image-pixels)')
+    assert load_upload(str(FIRST_IMAGE)).tobytes() == load_image(FIRST_IMAGE).tobytes()  # as mmllava chat reads it

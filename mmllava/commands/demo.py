@@ -1,10 +1,14 @@
 """A web page to chat with a model about images (Gradio): upload or pick an example image, ask,
 watch the answer stream in, keep going for several turns and images. MODEL and its options are
-`mmllava chat`'s. Binds to localhost unless --host says otherwise."""
+`mmllava chat`'s. Binds to localhost unless --host says otherwise, and has no authentication: put it
+behind a proxy that authenticates before opening it to a network. Images over --max-image-pixels are
+refused from their header, before they are decoded."""
 from mmllava.chat.arguments import add_model_arguments
 
 
 def add_arguments(parser):
+    from mmllava.serve.limits import DEFAULT_MAX_IMAGE_PIXELS
+
     add_model_arguments(parser)
     parser.add_argument('--host', default='127.0.0.1', help='address to bind (default: localhost only)')
     parser.add_argument('--port', type=int, default=7860)
@@ -13,6 +17,9 @@ def add_arguments(parser):
                         help='largest image upload in MB (default 10)')
     parser.add_argument('--max-queue', type=int, default=16, metavar='N',
                         help='questions that may wait for the model; more are refused in the page (default 16)')
+    parser.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar='N',
+                        help='largest image, in 8-bit RGB pixels (16-bit and alpha pixels count more), checked '
+                             f'from its header (default {DEFAULT_MAX_IMAGE_PIXELS}), as in mmllava serve')
 
 
 def run(args):
@@ -20,8 +27,8 @@ def run(args):
 
     from mmllava.errors import MMLLaVAError
 
-    if args.max_queue < 1 or args.max_upload_mb <= 0:
-        raise MMLLaVAError('--max-queue must be >= 1 and --max-upload-mb > 0')
+    if args.max_queue < 1 or args.max_upload_mb <= 0 or args.max_image_pixels < 1:
+        raise MMLLaVAError('--max-queue and --max-image-pixels must be >= 1, and --max-upload-mb > 0')
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # offline first: no usage reports
 
     from mmllava.chat.arguments import load_model_from_args, model_name
@@ -30,7 +37,7 @@ def run(args):
 
     examples = example_images(args.examples)
     worker = GenerationWorker(load_model_from_args(args), args.max_queue)
-    demo = build_demo(worker, f'mmllava demo: {model_name(args)}', examples)
+    demo = build_demo(worker, f'mmllava demo: {model_name(args)}', examples, args.max_image_pixels)
     if args.host not in ('127.0.0.1', 'localhost', '::1'):
         print(f'mmllava demo: warning: listening on {args.host} without authentication', flush=True)
     # Gradio's own queue orders the questions (and shows users their place); the worker runs them.
