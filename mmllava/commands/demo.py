@@ -1,8 +1,8 @@
 """A web page to chat with a model about images (Gradio): upload or pick an example image, ask,
 watch the answer stream in, keep going for several turns and images. MODEL and its options are
 `mmllava chat`'s. Binds to localhost unless --host says otherwise, and has no authentication: put it
-behind a proxy that authenticates before opening it to a network. Images over --max-image-pixels are
-refused from their header, before they are decoded."""
+behind a proxy that authenticates before opening it to a network. The Host header is checked (against
+DNS rebinding), and images over --max-image-pixels are refused from their header, before decoding."""
 from mmllava.chat.arguments import add_model_arguments
 
 
@@ -17,6 +17,9 @@ def add_arguments(parser):
                         help='largest image upload in MB (default 10)')
     parser.add_argument('--max-queue', type=int, default=16, metavar='N',
                         help='questions that may wait for the model; more are refused in the page (default 16)')
+    parser.add_argument('--allowed-hosts', default='', metavar='NAMES',
+                        help='comma-separated host names the page may be addressed by besides IP addresses and '
+                             'localhost (the Host header, against DNS rebinding); * for any')
     parser.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar='N',
                         help='largest image, in 8-bit RGB pixels (16-bit and alpha pixels count more), checked '
                              f'from its header (default {DEFAULT_MAX_IMAGE_PIXELS}), as in mmllava serve')
@@ -42,9 +45,16 @@ def run(args):
         print(f'mmllava demo: warning: listening on {args.host} without authentication', flush=True)
     # Gradio's own queue orders the questions (and shows users their place); the worker runs them.
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
+    from starlette.middleware import Middleware
+
+    from mmllava.serve.access import AccessControl
+
+    allowed_hosts = [name for name in args.allowed_hosts.split(',') if name.strip()]
+    host_check = Middleware(AccessControl, allowed_hosts=allowed_hosts, require_json=False)
     try:
         demo.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 2**20),
-                    allowed_paths=[str(args.examples)] if examples else None, theme=THEME, show_error=True)
+                    allowed_paths=[str(args.examples)] if examples else None, theme=THEME, show_error=True,
+                    app_kwargs={'middleware': [host_check]})
     except OSError as e:  # the port is taken
         raise MMLLaVAError(f'cannot listen on {args.host}:{args.port}: {e}') from None
     return 0

@@ -7,6 +7,8 @@
   their ``api_key``); 401 otherwise. ``/health`` stays open for load balancers;
 - ``Content-Type: application/json`` on POST (415 otherwise): a web page can make a browser send
   ``text/plain`` to any address without asking, but not ``application/json``.
+
+The demo (Gradio, which posts forms and files) uses the ``Host`` check only.
 """
 from __future__ import annotations
 
@@ -36,10 +38,11 @@ def _is_ip(name: str) -> bool:
 
 class AccessControl:
     """ASGI middleware: ``allowed_hosts`` (names besides IP addresses and localhost; ``['*']``: any),
-    ``api_key`` (``None``: no key needed)."""
+    ``api_key`` (``None``: no key needed), ``require_json`` (the Content-Type check)."""
 
-    def __init__(self, app, allowed_hosts: list[str] = (), api_key: str | None = None):
+    def __init__(self, app, allowed_hosts: list[str] = (), api_key: str | None = None, require_json: bool = True):
         self.app = app
+        self.require_json = require_json
         self.any_host = '*' in allowed_hosts
         self.hosts = {name.strip().lower().rstrip('.') for name in allowed_hosts} | set(LOCAL_NAMES)
         self.api_key = api_key.encode() if api_key else None
@@ -60,7 +63,7 @@ class AccessControl:
             if scheme.lower() != 'bearer' or not hmac.compare_digest(key.strip().encode(), self.api_key):
                 return error_response(401, 'Authorization: a valid "Bearer KEY" is required (--api-key)',
                                       'invalid_request_error', 'Authorization', **{'WWW-Authenticate': 'Bearer'})
-        if scope['method'] == 'POST':
+        if self.require_json and scope['method'] == 'POST':
             media_type = headers.get('content-type', '').partition(';')[0].strip().lower()
             if media_type != 'application/json':
                 return error_response(415, f'Content-Type: must be application/json, got {media_type or "none"!r}',
