@@ -16,10 +16,8 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-from mmllava.constants import DEFAULT_IMAGE_TOKEN
-from mmllava.data.image import to_rgb
+# PIL, torch and the image helpers are imported where used: the CLI reads this module's defaults
+# while it builds its argument parser, and must start fast.
 
 # The formats an API client may send (OpenAI's, and BMP). Not every format PIL knows: EPS, for
 # one, would run Ghostscript, and TIFF opens in modes (float, 32-bit) no photo needs.
@@ -67,7 +65,7 @@ class PendingImage:
     cost: int  # 8-bit RGB pixels that take as much memory to decode
 
 
-def _mode_key(img: Image.Image) -> str:
+def _mode_key(img) -> str:
     # A palette with transparency is converted through RGBA (to_rgb), as expensive as RGBA.
     return 'P+transparency' if img.mode == 'P' and 'transparency' in img.info else img.mode
 
@@ -86,6 +84,8 @@ def decode_cost(width: int, height: int, mode: str) -> int:
 def inspect_image(raw: bytes, param: str, max_image_pixels: int) -> PendingImage:
     """Read ``raw``'s header (nothing is decoded) and refuse it with :class:`RequestError` if it is
     not an image of :data:`IMAGE_FORMATS` or costs more than ``max_image_pixels`` to decode."""
+    from PIL import Image, UnidentifiedImageError
+
     Image.init()  # registers every plugin (WEBP is not among those PIL loads first)
     try:
         with warnings.catch_warnings():
@@ -121,9 +121,14 @@ def check_request_images(images: list[PendingImage], limits: Limits) -> None:
                                       f'{limits.max_request_pixels} per request (--max-request-pixels)', 413)
 
 
-def decode_image(raw: bytes, param: str) -> Image.Image:
-    """Decode a checked image as :func:`~mmllava.data.image.load_image` opens a file (EXIF orientation,
-    RGB, alpha on white); a damaged file is a :class:`RequestError` (400). Hold the decoding semaphore."""
+def decode_image(raw: bytes, param: str):
+    """Decode a checked image into an RGB PIL image, as :func:`~mmllava.data.image.load_image` opens a
+    file (EXIF orientation, alpha on white); a damaged file is a :class:`RequestError` (400). Hold the
+    decoding semaphore."""
+    from PIL import Image, ImageOps
+
+    from mmllava.data.image import to_rgb
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
@@ -170,6 +175,7 @@ class PromptBudget:
 
     def count(self, request) -> int:
         """Prompt tokens of ``request`` (a ``ChatRequest`` whose images are :class:`PendingImage` s)."""
+        from mmllava.constants import DEFAULT_IMAGE_TOKEN
         from mmllava.templates import render_prompt
 
         turns, images = [], []
