@@ -5,7 +5,8 @@
   of the largest images the budget allows stays under the bound the budget and queue imply;
 - concurrent streams with a small queue, some clients hanging up: every request ends as 200 or 503,
   none lost or hung, and the server is idle after;
-- slow clients: headers and bodies that do not arrive in time close the connection / get 408;
+- slow clients: headers and bodies that do not arrive in time close the connection / get 408, and
+  headers over 16 KB get 431;
 - with a slowed-down model (each decoder layer sleeps ``PAUSE`` s): a client gone during the prefill
   stops it before the next layer; abandoned non-streaming requests leave the queue at once; SIGTERM
   stops the server within seconds, the stream in flight ending with an error event and the queued
@@ -216,6 +217,15 @@ def test_slow_clients_time_out(server):
     head, _, answer = reply.partition(b'\r\n\r\n')
     assert head.startswith(b'HTTP/1.1 408 ') and b'connection: close' in head.lower()
     assert json.loads(answer)['error']['message'] == 'body: not received within 2 s (--body-timeout)'
+    # Headers over 16 KB: 431, and the connection closes.
+    with socket.create_connection((host, int(port)), timeout=30) as large:
+        large.sendall(b'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ' + b'x' * (20 << 10) + b'\r\n\r\n')
+        reply = b''
+        while chunk := large.recv(4096):
+            reply += chunk
+    head, _, answer = reply.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 431 ') and json.loads(answer)['error']['message'] == (
+        f'headers: {len("host127.0.0.1x-pad") + (20 << 10)} bytes, over the limit of 16384')
 
 
 def test_the_api_key_as_openai_clients_send_it(server):

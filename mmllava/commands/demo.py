@@ -4,12 +4,12 @@ watch the answer stream in, keep going for several turns and images. MODEL and i
 behind a proxy that authenticates before opening it to a network. The Host header is checked (against
 DNS rebinding), and images over --max-image-pixels are refused from their header, before decoding."""
 from mmllava.chat.arguments import add_model_arguments
+from mmllava.commands.serve import add_guard_arguments
 
 
 def add_arguments(parser):
-    from mmllava.serve.limits import DEFAULT_MAX_IMAGE_PIXELS
-
     add_model_arguments(parser)
+    add_guard_arguments(parser)
     parser.add_argument('--host', default='127.0.0.1', help='address to bind (default: localhost only)')
     parser.add_argument('--port', type=int, default=7860)
     parser.add_argument('--examples', metavar='DIR', help='folder of example images offered in the page')
@@ -17,12 +17,6 @@ def add_arguments(parser):
                         help='largest image upload in MB (default 10)')
     parser.add_argument('--max-queue', type=int, default=16, metavar='N',
                         help='questions that may wait for the model; more are refused in the page (default 16)')
-    parser.add_argument('--allowed-hosts', default='', metavar='NAMES',
-                        help='comma-separated host names the page may be addressed by besides IP addresses and '
-                             'localhost (the Host header, against DNS rebinding); * for any')
-    parser.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar='N',
-                        help='largest image, in 8-bit RGB pixels (16-bit and alpha pixels count more), checked '
-                             f'from its header (default {DEFAULT_MAX_IMAGE_PIXELS}), as in mmllava serve')
 
 
 def run(args):
@@ -49,8 +43,7 @@ def run(args):
 
     from mmllava.serve.access import AccessControl
 
-    allowed_hosts = [name for name in args.allowed_hosts.split(',') if name.strip()]
-    host_check = Middleware(AccessControl, allowed_hosts=allowed_hosts, require_json=False)
+    host_check = Middleware(AccessControl, allowed_hosts=args.allowed_hosts, require_json=False)
     try:
         demo.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 2**20),
                     allowed_paths=[str(args.examples)] if examples else None, theme=THEME, show_error=True,

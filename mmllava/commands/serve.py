@@ -6,10 +6,24 @@ over a budget (image pixels, images, prompt tokens, body size) are refused befor
 from mmllava.chat.arguments import add_model_arguments
 
 
+def add_guard_arguments(parser) -> None:
+    """The options ``serve`` and ``demo`` share: ``--max-image-pixels`` and ``--allowed-hosts``."""
+    from mmllava.serve.limits import DEFAULT_MAX_IMAGE_PIXELS
+
+    parser.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar='N',
+                        help='largest image, in 8-bit RGB pixels (16-bit and alpha pixels count more: they take '
+                             f'more memory to decode), checked from its header (default {DEFAULT_MAX_IMAGE_PIXELS})')
+    parser.add_argument('--allowed-hosts', default='', type=lambda text: [n for n in text.split(',') if n.strip()],
+                        metavar='NAMES', help='comma-separated host names the server may be addressed by besides '
+                                              'IP addresses and localhost (the Host header, against DNS '
+                                              'rebinding); * for any')
+
+
 def add_arguments(parser):
-    from mmllava.serve.limits import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
+    from mmllava.serve.limits import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_PIXELS
 
     add_model_arguments(parser)
+    add_guard_arguments(parser)
     parser.add_argument('--host', default='127.0.0.1', help='address to bind (default: localhost only)')
     parser.add_argument('--port', type=int, default=8000)
     parser.add_argument('--max-queue', type=int, default=8, metavar='N',
@@ -19,9 +33,6 @@ def add_arguments(parser):
                              'inside DIR (default: data URLs only)')
     parser.add_argument('--max-upload-mb', type=float, default=32, metavar='N',
                         help='largest request body in MB, images included, and largest local image file (default 32)')
-    parser.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar='N',
-                        help='largest image, in 8-bit RGB pixels (16-bit and alpha pixels count more: they take '
-                             f'more memory to decode), checked from its header (default {DEFAULT_MAX_IMAGE_PIXELS})')
     parser.add_argument('--max-request-pixels', type=int, default=DEFAULT_MAX_REQUEST_PIXELS, metavar='N',
                         help=f'pixels of all images of a request, counted so (default {DEFAULT_MAX_REQUEST_PIXELS})')
     parser.add_argument('--max-images', type=int, default=DEFAULT_MAX_IMAGES, metavar='N',
@@ -36,9 +47,6 @@ def add_arguments(parser):
                         help='seconds for a request body to arrive; slower ones get HTTP 408 (default 60)')
     parser.add_argument('--max-connections', type=int, default=64, metavar='N',
                         help='open connections; more get HTTP 503 (default 64)')
-    parser.add_argument('--allowed-hosts', default='', metavar='NAMES',
-                        help='comma-separated host names requests may be addressed to besides IP addresses and '
-                             'localhost (the Host header, against DNS rebinding); * for any')
     parser.add_argument('--api-key', metavar='KEY',
                         help='require "Authorization: Bearer KEY" on /v1/ routes (default: the MMLLAVA_API_KEY '
                              'environment variable; none if unset)')
@@ -62,7 +70,6 @@ def run(args):
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
         raise MMLLaVAError(f'--max-prompt-tokens must be >= 1, got {args.max_prompt_tokens}')
     api_key = args.api_key or os.environ.get('MMLLAVA_API_KEY') or None
-    allowed_hosts = [name for name in args.allowed_hosts.split(',') if name.strip()]
 
     from PIL import Image
 
@@ -79,7 +86,7 @@ def run(args):
     limits = Limits(args.max_image_pixels, args.max_request_pixels, args.max_images, args.max_prompt_tokens)
     worker = GenerationWorker(load_model_from_args(args), args.max_queue)
     app = create_app(worker, model_name(args), allow, int(args.max_upload_mb * 2**20), limits, args.body_timeout,
-                     allowed_hosts, api_key)
+                     args.allowed_hosts, api_key)
     if args.host not in ('127.0.0.1', 'localhost', '::1') and api_key is None:
         print(f'mmllava serve: warning: listening on {args.host} without authentication (--api-key)', flush=True)
     print(f'mmllava serve: model {model_name(args)!r} at http://{args.host}:{args.port}/v1', flush=True)

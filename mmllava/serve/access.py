@@ -1,5 +1,6 @@
 """Who may call ``mmllava serve``: an ASGI middleware checking, before the app reads anything,
 
+- the headers' size (16 KB; 431 otherwise);
 - ``Host`` (against DNS rebinding: a web page on ``evil.example`` whose name resolves to 127.0.0.1
   could otherwise read the answers): an IP address, ``localhost``, or a name in ``allowed_hosts``
   (``*`` turns the check off); 400 otherwise;
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
-from mmllava.serve.http import error_response
+from mmllava.serve.http import MAX_HEADER_BYTES, error_response
 
 LOCAL_NAMES = ('localhost',)
 
@@ -49,9 +50,13 @@ class AccessControl:
 
     def refusal(self, scope):
         """The error response for ``scope``'s request, or ``None`` if it may go on."""
-        headers = {}
+        headers, size = {}, 0
         for key, value in scope.get('headers', []):
             headers.setdefault(key.decode('latin-1').lower(), value.decode('latin-1'))
+            size += len(key) + len(value)
+        if size > MAX_HEADER_BYTES:  # h11 bounds only headers arriving in pieces
+            return error_response(431, f'headers: {size} bytes, over the limit of {MAX_HEADER_BYTES}',
+                                  'invalid_request_error', 'headers', Connection='close')
         host = headers.get('host')
         if host is not None and not self.any_host:
             name = _host_name(host).rstrip('.')

@@ -4,7 +4,7 @@ time limit, and running uvicorn with read timeouts and a shutdown that fails in-
 Timeouts: the request line and headers must arrive within ``header_timeout`` seconds of the
 connection opening (or of the previous response on a kept-alive connection), the body within
 ``body_timeout`` (:func:`read_body`); an idle kept-alive connection closes after 5 s. Headers are
-limited to h11's 16 KB. On SIGTERM / SIGINT the worker is closed first (queued requests get 503, the
+limited to 16 KB. On SIGTERM / SIGINT the worker is closed first (queued requests get 503, the
 running one stops at its next layer and its stream ends with an error event), then uvicorn waits at
 most ``SHUTDOWN_GRACE`` seconds for connections to finish.
 """
@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 log = logging.getLogger(__name__)
 KEEP_ALIVE_TIMEOUT = 5
 SHUTDOWN_GRACE = 3
+MAX_HEADER_BYTES = 16 << 10  # headers over this get 431 (AccessControl), or 400 from h11 if sent slowly
 
 
 def error_body(message: str, kind: str, param: str | None = None) -> dict:
@@ -118,5 +119,6 @@ def run_server(app, host: str, port: int, on_exit, header_timeout: float, max_co
 
     config = uvicorn.Config(app, host=host, port=port, log_level='info', access_log=False,
                             http=header_timeout_protocol(header_timeout), timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE, limit_concurrency=max_connections)
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE, limit_concurrency=max_connections,
+                            h11_max_incomplete_event_size=MAX_HEADER_BYTES)
     Server(config).run()
