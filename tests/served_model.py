@@ -111,6 +111,24 @@ def running_process(verb: str, model_args: list[str], log: Path, ready_path: str
             process.wait()
 
 
+def png_bytes(size: tuple[int, int], mode: str = 'RGB', **save) -> bytes:
+    """A blank PNG: a few bytes to send, ``size`` once decoded (``save``: PIL's PNG options)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, size).save(out, 'PNG', **save)
+    return out.getvalue()
+
+
+def png_url(size: tuple[int, int], mode: str = 'RGB', **save) -> str:
+    """:func:`png_bytes` as a ``data:`` URL."""
+    import base64
+
+    return 'data:image/png;base64,' + base64.b64encode(png_bytes(size, mode, **save)).decode()
+
+
 def get_json(url: str) -> dict:
     """GET ``url`` and decode its JSON body."""
     with urllib.request.urlopen(url, timeout=10) as response:

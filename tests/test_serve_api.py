@@ -6,7 +6,6 @@ the access checks refuse get 400 / 413 / 415 with the field named, never a 500."
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil
@@ -17,8 +16,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from served_model import (CONVERSATION, IMAGES, MAX_NEW_TOKENS, get_json, greedy_answers, running,  # noqa: F401
-                          served_chat_model, served_model)
+from served_model import (CONVERSATION, IMAGES, MAX_NEW_TOKENS, get_json, greedy_answers, png_url,  # noqa: F401
+                          running, served_chat_model, served_model)
 
 from mmllava.cli import main
 
@@ -177,23 +176,6 @@ SYSTEM = {'role': 'system', 'content': 'be brief'}
 HI = b'"messages": [{"role": "user", "content": "hi"}]'
 
 
-def png_url(size: tuple[int, int], mode: str = 'RGB', **save) -> str:
-    """A data URL of a blank PNG: small to send, ``size`` once decoded."""
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new(mode, size).save(out, 'PNG', **save)
-    return 'data:image/png;base64,' + base64.b64encode(out.getvalue()).decode()
-
-
-def palette_url(size: tuple[int, int]) -> str:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new('P', size).save(out, 'PNG', transparency=0)
-    return 'data:image/png;base64,' + base64.b64encode(out.getvalue()).decode()
-
-
 def over_image(size: str, weight: str = '') -> str:
     return (f'messages[0].content[0].image_url: image of {size} pixels{weight} is over the limit of 1000000 '
             'pixels per image (--max-image-pixels)')
@@ -249,7 +231,7 @@ def over_image(size: str, weight: str = '') -> str:
     ({'messages': [user(part(png_url((1100, 1000))))]}, 413, over_image('1100x1000')),
     ({'messages': [user(part(png_url((600, 600), 'I;16')))]}, 413,
      over_image('600x600', ' (16-bit pixels count 3 times)')),
-    ({'messages': [user(part(palette_url((700, 700))))]}, 413,
+    ({'messages': [user(part(png_url((700, 700), 'P', transparency=0)))]}, 413,
      over_image('700x700', ' (transparent palette pixels count 2.44 times)')),
     ({'messages': [user(part(png_url((900, 900))), part(png_url((900, 900))))]}, 413,
      'messages: the images have 1620000 pixels in all, over the limit of 1500000 per request (--max-request-pixels)'),

@@ -14,9 +14,7 @@
 """
 from __future__ import annotations
 
-import base64
 import http.client
-import io
 import json
 import os
 import signal
@@ -26,8 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from served_model import (CONVERSATION, MAX_NEW_TOKENS, get_json, greedy_answers, running_process,  # noqa: F401
-                          served_chat_model, served_model)
+from served_model import (CONVERSATION, MAX_NEW_TOKENS, get_json, greedy_answers, png_url,  # noqa: F401
+                          running_process, served_chat_model, served_model)
 
 from mmllava.serve.limits import DECODE_CONCURRENCY, DEFAULT_MAX_IMAGE_PIXELS
 
@@ -50,14 +48,6 @@ def slow(module, args, output):
 torch.nn.modules.module.register_module_forward_hook(slow)
 sys.exit(main(sys.argv[1:]))
 '''
-
-
-def png_url(size, mode='RGB') -> str:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new(mode, size).save(out, 'PNG')
-    return 'data:image/png;base64,' + base64.b64encode(out.getvalue()).decode()
 
 
 def body(*images: str, text: str = FIRST, **options) -> bytes:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import math
 import threading
@@ -15,20 +14,12 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from served_model import CONVERSATION, served_chat_model, served_model  # noqa: F401
+from served_model import CONVERSATION, png_bytes, png_url, served_chat_model, served_model  # noqa: F401
 
 from mmllava.serve.limits import (Limits, PromptBudget, RequestError, context_length, decode_cost, decode_image,
                                   inspect_image)
 
 (FIRST, FIRST_IMAGE), (SECOND, SECOND_IMAGE) = CONVERSATION
-
-
-def png(size, mode='RGB', **save) -> bytes:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new(mode, size).save(out, 'PNG', **save)
-    return out.getvalue()
 
 
 def data_url(raw: bytes) -> str:
@@ -44,7 +35,7 @@ def data_url(raw: bytes) -> str:
     ('P', {}, 100 * 90 * 6 // 9),
 ])
 def test_image_cost_comes_from_the_header(mode, save, cost):
-    raw = png((100, 90), mode, **save)
+    raw = png_bytes((100, 90), mode, **save)
     image = inspect_image(raw, 'image', cost)
     assert (image.width, image.height, image.cost) == (100, 90, cost)
     with pytest.raises(RequestError) as error:
@@ -56,7 +47,7 @@ def test_image_cost_comes_from_the_header(mode, save, cost):
 def test_a_pixel_bomb_is_refused_from_its_header():
     from PIL import Image
 
-    raw = png((9000, 9000), '1')  # 81 megapixels in a few kilobytes
+    raw = png_bytes((9000, 9000), '1')  # 81 megapixels in a few kilobytes
     assert len(raw) < 20_000 and decode_cost(9000, 9000, '1') == 54_000_000
     with pytest.raises(RequestError) as error:
         inspect_image(raw, 'image', Limits().max_image_pixels)
@@ -64,7 +55,7 @@ def test_a_pixel_bomb_is_refused_from_its_header():
                                 'of 16777216 pixels per image (--max-image-pixels)')
     # Past twice PIL's own limit, PIL refuses from the header too; the answer is still one line.
     with pytest.raises(RequestError) as error:
-        inspect_image(png((20000, 10000), '1'), 'image', 10)
+        inspect_image(png_bytes((20000, 10000), '1'), 'image', 10)
     assert str(error.value) == (f'image: the image has more than twice {Image.MAX_IMAGE_PIXELS} pixels, over the '
                                 'limit of 10 pixels per image (--max-image-pixels)')
 
@@ -124,7 +115,7 @@ def test_prompt_tokens_are_counted_as_generation_counts_them(served_chat_model):
 # Bodies as a client could send them: valid conversations whose texts, images and options vary
 # (any Unicode, unpaired surrogates included; NaN, infinity, huge integers; bad image URLs), random
 # JSON in every slot, deep nesting, and bytes that are not JSON or not UTF-8.
-_SMALL_PNG = data_url(png((8, 8)))
+_SMALL_PNG = png_url((8, 8))
 _texts = st.one_of(st.text(st.characters(exclude_categories=()), max_size=30),  # surrogates included
                    st.sampled_from(['hi', 'a\ud800', '\udfff b', 'what is it?']))
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), _texts,
@@ -158,9 +149,14 @@ _raw = st.one_of(st.integers(1, 6000).map(lambda depth: b'[' * depth + b']' * de
                                                           b'"temperature": NaN}', b'\xff\xfe{', b'']))
 
 
+@pytest.fixture(scope='module')
+def budget(served_chat_model):  # noqa: F811
+    return PromptBudget(served_chat_model, 64)
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=st.one_of(_bodies, _bodies, _json, _raw), mangle=st.sampled_from(['', 'cut', 'overflow']))
-def test_fuzzed_requests_are_answered_or_refused(served_chat_model, body, mangle):  # noqa: F811
+def test_fuzzed_requests_are_answered_or_refused(budget, body, mangle):
     """What the server does with a body before generating: 200 (parsed, and the prompt is one the model
     takes) or 400/413 (``RequestError``), never a 500 (any other exception)."""
     from mmllava.serve.api import prepare_request
@@ -171,7 +167,6 @@ def test_fuzzed_requests_are_answered_or_refused(served_chat_model, body, mangle
         raw = raw[:len(raw) // 2]
     elif mangle == 'overflow':  # valid JSON numbers that parse as infinity
         raw = raw.replace(b'-Infinity', b'-1e999').replace(b'Infinity', b'1e999').replace(b'NaN', b'1e999')
-    budget = _budget(served_chat_model)
     try:
         request = decode_request_images(prepare_request(raw, 'm', budget, limits=Limits(max_images=2))).request
     except RequestError as e:
@@ -183,15 +178,6 @@ def test_fuzzed_requests_are_answered_or_refused(served_chat_model, body, mangle
     assert math.isfinite(request.settings.temperature) and math.isfinite(request.settings.top_p)
     assert all(image.mode == 'RGB' for image in request.images)
     assert budget.count(request) <= 64
-
-
-_BUDGETS = {}
-
-
-def _budget(chat_model) -> PromptBudget:
-    if id(chat_model) not in _BUDGETS:
-        _BUDGETS[id(chat_model)] = PromptBudget(chat_model, 64)
-    return _BUDGETS[id(chat_model)]
 
 
 def _blocking_worker(chat_model, max_queue=2):
@@ -326,7 +312,7 @@ def test_demo_uploads_are_checked_from_the_header(tmp_path):
     from mmllava.errors import MMLLaVAError
     from mmllava.serve.demo import load_upload
 
-    (tmp_path / 'bomb.png').write_bytes(png((6000, 6000), 'I;16'))
+    (tmp_path / 'bomb.png').write_bytes(png_bytes((6000, 6000), 'I;16'))
     with pytest.raises(MMLLaVAError) as error:
         load_upload(str(tmp_path / 'bomb.png'))
     assert str(error.value) == ('image: image of 6000x6000 pixels (16-bit pixels count 3 times) is over the limit '
