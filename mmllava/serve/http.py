@@ -47,14 +47,17 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     read to its end, without keeping it, so that the client, still sending, gets the 413 and not a
     broken pipe), not all received within ``timeout`` seconds (408, and the connection closes), or
     the client gone before its end (nothing to answer)."""
-    body, size = bytearray(), 0
+    async def receive() -> tuple[bytearray, int]:
+        body, size = bytearray(), 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                body += chunk
+        return body, size
+
     try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size <= limit:
-                    body += chunk
-    except TimeoutError:
+        body, size = await asyncio.wait_for(receive(), timeout)
+    except asyncio.TimeoutError:
         raise BodyRefused(error_response(408, f'body: not received within {timeout:g} s (--body-timeout)',
                                          'invalid_request_error', 'body', Connection='close')) from None
     except ClientDisconnect:
