@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import math
 import threading
@@ -64,6 +65,43 @@ def test_an_eps_file_is_not_opened():
     with pytest.raises(RequestError) as error:  # EPS would run Ghostscript
         inspect_image(b'%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n', 'image', 100)
     assert str(error.value) == 'image: the data is not an image in a format this server reads (PNG, JPEG, WEBP, GIF, BMP)'
+
+
+def _image_files() -> list[bytes]:
+    from PIL import Image
+
+    files = []
+    for format, mode in [('PNG', 'RGBA'), ('JPEG', 'RGB'), ('GIF', 'P'), ('BMP', 'RGB'), ('WEBP', 'RGB')]:
+        out = io.BytesIO()
+        Image.linear_gradient('L').resize((24, 16)).convert(mode).save(out, format)
+        files.append(out.getvalue())
+    return files
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_damaged_images_are_refused_in_one_line(data):
+    """An image file with bytes changed, cut or inserted is decoded or refused with a RequestError (400)."""
+    raw = bytearray(data.draw(st.sampled_from(_IMAGE_FILES)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        action = data.draw(st.sampled_from(['set', 'cut', 'insert']))
+        if action == 'set':
+            raw[at] = data.draw(st.integers(0, 255))
+        elif action == 'cut':
+            del raw[at:at + data.draw(st.integers(1, 64))]
+        else:
+            raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+        if not raw:
+            return
+    try:
+        image = inspect_image(bytes(raw), 'image', 1 << 20)
+        assert decode_image(image.raw, 'image').mode == 'RGB'
+    except RequestError as e:
+        assert e.status in (400, 413) and '\n' not in str(e)
+
+
+_IMAGE_FILES = _image_files()
 
 
 def request_body(*turns, **options) -> bytes:

@@ -99,8 +99,8 @@ def inspect_image(raw: bytes, param: str, max_image_pixels: int) -> PendingImage
     except Image.DecompressionBombError:
         raise RequestError(param, f'the image has more than twice {Image.MAX_IMAGE_PIXELS} pixels, over the limit '
                                  f'of {max_image_pixels} pixels per image (--max-image-pixels)', 413) from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise RequestError(param, f'cannot read the image: {e}') from None
+    except Exception as e:  # PIL's parsers raise many kinds on damaged data (struct.error, IndexError...)
+        raise RequestError(param, f'cannot read the image: {type(e).__name__}: {e}') from None
     cost = decode_cost(width, height, mode)
     if cost > max_image_pixels:
         times = cost / (width * height)
@@ -136,8 +136,8 @@ def decode_image(raw: bytes, param: str):
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)  # in place: no second copy of a large image
                 return to_rgb(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise RequestError(param, f'cannot read the image: {e}') from None
+    except Exception as e:  # as in inspect_image: whatever a damaged image makes PIL raise
+        raise RequestError(param, f'cannot read the image: {type(e).__name__}: {e}') from None
 
 
 def context_length(chat_model) -> int | None:
