@@ -147,6 +147,9 @@ async def _unless_disconnected(answer, request: Request):
     gone = asyncio.ensure_future(until_disconnected(request))
     try:
         await asyncio.wait({answering, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the handler itself was cancelled (shutdown): so is the answer
+        answering.cancel()
+        raise
     finally:
         gone.cancel()
     if answering.done():
