@@ -350,9 +350,9 @@ def test_demo_uploads_are_checked_from_the_header(tmp_path):
     from mmllava.errors import MMLLaVAError
     from mmllava.serve.demo import load_upload
 
-    (tmp_path / 'bomb.png').write_bytes(png_bytes((6000, 6000), 'I;16'))
+    (tmp_path / 'bomb.png').write_bytes(png_bytes((3000, 3000), 'I;16'))
     with pytest.raises(MMLLaVAError) as error:
         load_upload(str(tmp_path / 'bomb.png'))
-    assert str(error.value) == ('image: image of 6000x6000 pixels (16-bit pixels count 3 times) is over the limit '
+    assert str(error.value) == ('image: image of 3000x3000 pixels (16-bit pixels count 3 times) is over the limit '
                                 'of 16777216 pixels per image (--max-image-pixels)')
     assert load_upload(str(FIRST_IMAGE)).tobytes() == load_image(FIRST_IMAGE).tobytes()  # as mmllava chat reads it
