@@ -42,18 +42,24 @@ def served_model(tiny_zoo, tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope='session')
-def greedy_answers(served_model) -> list[str]:
-    """``ChatSession``'s greedy answers (``MAX_NEW_TOKENS`` at most) to the turns of ``CONVERSATION``."""
+def served_chat_model(served_model):
+    """The served model loaded in this process (a ``ChatModel``), as ``mmllava chat`` loads it."""
     import argparse
 
     from mmllava.chat.arguments import add_model_arguments, load_model_from_args
-    from mmllava.chat.session import ChatSession, GenerationSettings
-    from mmllava.data.image import load_image
 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
-    session = ChatSession(load_model_from_args(parser.parse_args(served_model)),
-                          settings=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=0))
+    return load_model_from_args(parser.parse_args(served_model))
+
+
+@pytest.fixture(scope='session')
+def greedy_answers(served_chat_model) -> list[str]:
+    """``ChatSession``'s greedy answers (``MAX_NEW_TOKENS`` at most) to the turns of ``CONVERSATION``."""
+    from mmllava.chat.session import ChatSession, GenerationSettings
+    from mmllava.data.image import load_image
+
+    session = ChatSession(served_chat_model, settings=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=0))
     answers = [session.ask(question, image=load_image(image)) for question, image in CONVERSATION]
     assert all(answer.strip() for answer in answers)
     return answers
@@ -70,10 +76,19 @@ def free_port() -> int:
 def running(verb: str, model_args: list[str], log: Path, ready_path: str, *options: str, timeout: float = 90):
     """Run ``mmllava VERB MODEL_ARGS --port P OPTIONS`` until the ``with`` ends; yields its base URL
     once ``ready_path`` answers 200. Fails with the process's output if it dies or is not ready."""
+    with running_process(verb, model_args, log, ready_path, *options, timeout=timeout) as (url, _):
+        yield url
+
+
+@contextmanager
+def running_process(verb: str, model_args: list[str], log: Path, ready_path: str, *options: str,
+                    timeout: float = 90, launcher: tuple[str, ...] = ('-m', 'mmllava')):
+    """:func:`running`, yielding ``(url, process)``; ``launcher``: what ``python`` runs (``-c SCRIPT``
+    for a script that calls ``mmllava.cli.main(sys.argv[1:])``)."""
     port = free_port()
     url = f'http://127.0.0.1:{port}'
     with open(log, 'wb') as out:
-        process = subprocess.Popen([sys.executable, '-m', 'mmllava', verb, *model_args, '--port', str(port), *options],
+        process = subprocess.Popen([sys.executable, *launcher, verb, *model_args, '--port', str(port), *options],
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
@@ -86,7 +101,7 @@ def running(verb: str, model_args: list[str], log: Path, ready_path: str, *optio
                         break
             except OSError:
                 time.sleep(0.3)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -94,6 +109,24 @@ def running(verb: str, model_args: list[str], log: Path, ready_path: str, *optio
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def png_bytes(size: tuple[int, int], mode: str = 'RGB', **save) -> bytes:
+    """A blank PNG: a few bytes to send, ``size`` once decoded (``save``: PIL's PNG options)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, size).save(out, 'PNG', **save)
+    return out.getvalue()
+
+
+def png_url(size: tuple[int, int], mode: str = 'RGB', **save) -> str:
+    """:func:`png_bytes` as a ``data:`` URL."""
+    import base64
+
+    return 'data:image/png;base64,' + base64.b64encode(png_bytes(size, mode, **save)).decode()
 
 
 def get_json(url: str) -> dict:

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from served_model import CONVERSATION, IMAGES, MAX_NEW_TOKENS, greedy_answers, running, served_model  # noqa: F401
+from served_model import (CONVERSATION, IMAGES, MAX_NEW_TOKENS, greedy_answers, running,  # noqa: F401
+                          served_chat_model, served_model)
 
 CHROMIUM = Path('/usr/bin/chromium')  # Debian's package: tests never download a browser
 # Flags for a headless browser run as root on a machine without network access.

@@ -1,11 +1,14 @@
 """mmllava serve: the official ``openai`` client gets ``mmllava chat``'s greedy answer (streamed and
 not, with images as data URLs and as allowed local paths, over two turns); 50 concurrent requests
-are all answered or refused with 503 and the server stays healthy; malformed requests get 400 with
-the field named."""
+are all answered or refused with 503 and the server stays healthy; malformed requests, requests over
+a budget, files that are not regular files or symlinks leaving the allowed folder, and callers
+the access checks refuse get 400 / 413 / 415 with the field named, never a 500."""
 from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,8 +16,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from served_model import (CONVERSATION, IMAGES, MAX_NEW_TOKENS, get_json, greedy_answers, running,  # noqa: F401
-                          served_model)
+from served_model import (CONVERSATION, IMAGES, MAX_NEW_TOKENS, get_json, greedy_answers, png_url,  # noqa: F401
+                          running, served_chat_model, served_model)
 
 from mmllava.cli import main
 
@@ -26,11 +29,33 @@ def data_url(path) -> str:
 
 
 @pytest.fixture(scope='module')
-def server(served_model, tmp_path_factory):  # noqa: F811
+def allowed(tmp_path_factory):
+    """The folder of --allow-local-images: the conversation's images, a symlink to one of them, and
+    what must be refused: a FIFO (reading it would block), a folder, a device (when this user may
+    make one), a symlink to a file outside, and a file over the size limit (1 MB)."""
+    folder = tmp_path_factory.mktemp('allowed')
+    for image in (FIRST_IMAGE, SECOND_IMAGE):
+        shutil.copy(image, folder / image.name)
+    (folder / 'inside.png').symlink_to(folder / FIRST_IMAGE.name)
+    (folder / 'outside.png').symlink_to(IMAGES / FIRST_IMAGE.name)
+    os.mkfifo(folder / 'fifo.png')
+    (folder / 'folder.png').mkdir()
+    (folder / 'big.png').write_bytes(FIRST_IMAGE.read_bytes() + bytes(1 << 20))
+    try:
+        os.mknod(folder / 'device.png', 0o600 | 0o020000, os.makedev(1, 3))  # a character device, as /dev/null
+    except OSError:
+        pass
+    return folder
+
+
+@pytest.fixture(scope='module')
+def server(served_model, allowed, tmp_path_factory):  # noqa: F811
     log = tmp_path_factory.mktemp('serve') / 'serve.log'
     with running('serve', served_model, log, '/health', '--max-queue', '2', '--max-upload-mb', '1',
-                 '--allow-local-images', str(IMAGES)) as url:
+                 '--allow-local-images', str(allowed), '--max-prompt-tokens', '256', '--max-images', '3',
+                 '--max-image-pixels', '1000000', '--max-request-pixels', '1500000') as url:
         yield url
+    assert 'Traceback' not in log.read_text()  # every failure was an answer, none an exception
 
 
 @pytest.fixture(scope='module')
@@ -47,9 +72,9 @@ def chat_answers(served_model, greedy_answers):  # noqa: F811
     return greedy_answers
 
 
-def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
+def post(url: str, body, raw: bytes | None = None, **headers) -> tuple[int, dict]:
     request = urllib.request.Request(url + '/v1/chat/completions', data=raw or json.dumps(body).encode(),
-                                     headers={'Content-Type': 'application/json'})
+                                     headers={'Content-Type': 'application/json', **headers})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.load(response)
@@ -57,7 +82,7 @@ def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
         return e.code, json.load(e)
 
 
-def test_openai_client_gets_chat_answers(server, chat_answers):
+def test_openai_client_gets_chat_answers(server, allowed, chat_answers):
     from openai import OpenAI
 
     client = OpenAI(base_url=server + '/v1', api_key='unused', max_retries=0, timeout=60)
@@ -77,10 +102,11 @@ def test_openai_client_gets_chat_answers(server, chat_answers):
     assert chunks[-1].usage == usage and chunks[-2].choices[0].finish_reason == reply.choices[0].finish_reason
 
     # The second turn replays the first and asks SECOND about a second image; images as allowed local
-    # files this time: a path relative to --allow-local-images, and a file:// URL.
-    history = [user(part(FIRST_IMAGE.name), {'type': 'text', 'text': FIRST}),
+    # files this time: a path relative to --allow-local-images (a symlink to the first image, inside
+    # the folder), and a file:// URL.
+    history = [user(part('inside.png'), {'type': 'text', 'text': FIRST}),
                {'role': 'assistant', 'content': chat_answers[0]},
-               user(part(SECOND_IMAGE.as_uri()), {'type': 'text', 'text': SECOND})]
+               user(part((allowed / SECOND_IMAGE.name).as_uri()), {'type': 'text', 'text': SECOND})]
     second = client.chat.completions.create(model=model, messages=history, max_tokens=MAX_NEW_TOKENS, temperature=0)
     assert second.choices[0].message.content == chat_answers[1]
 
@@ -147,6 +173,12 @@ def user(*content) -> dict:
 
 TEXT = {'type': 'text', 'text': 'hi'}
 SYSTEM = {'role': 'system', 'content': 'be brief'}
+HI = b'"messages": [{"role": "user", "content": "hi"}]'
+
+
+def over_image(size: str, weight: str = '') -> str:
+    return (f'messages[0].content[0].image_url: image of {size} pixels{weight} is over the limit of 1000000 '
+            'pixels per image (--max-image-pixels)')
 
 
 @pytest.mark.parametrize('body, status, message', [
@@ -161,7 +193,8 @@ SYSTEM = {'role': 'system', 'content': 'be brief'}
     ({'messages': [user(part('data:text/plain;base64,aGk='))]}, 400,
      'messages[0].content[0].image_url: a data URL must be data:image/<type>;base64,<data>'),
     ({'messages': [user(part('data:image/png;base64,aGk='))]}, 400,
-     'messages[0].content[0].image_url: the data is not an image in a format this server reads'),
+     'messages[0].content[0].image_url: the data is not an image in a format this server reads '
+     '(PNG, JPEG, WEBP, GIF, BMP)'),
     ({'messages': [user(part('../../README.md'))]}, 400,
      "messages[0].content[0].image_url: '../../README.md' is outside the folder allowed by --allow-local-images"),
     ({'messages': [user({'type': 'image_url'})]}, 400,
@@ -183,9 +216,43 @@ SYSTEM = {'role': 'system', 'content': 'be brief'}
     ({'messages': [user(TEXT)], 'n': 2}, 400, 'n: only n=1 is supported'),
     ({'messages': [user(TEXT)], 'model': 'gpt-4o'}, 400, "model: unknown model 'gpt-4o'; this server serves 'MODEL'"),
     ({'messages': [user(TEXT)], 'pad': 'x' * (1 << 20)}, 413, 'body: larger than the limit of 1 MB (--max-upload-mb)'),
+    # Numbers JSON does not have, or that overflow to infinity, deep nesting, invalid Unicode.
+    (b'{' + HI + b', "temperature": NaN}', 400, 'body: not valid JSON: NaN is not a number JSON allows'),
+    (b'{' + HI + b', "top_p": -Infinity}', 400, 'body: not valid JSON: -Infinity is not a number JSON allows'),
+    (b'{' + HI + b', "temperature": 1e999}', 400, 'temperature: must be a finite number, got inf'),
+    (b'[' * 5000 + b']' * 5000, 400, 'body: JSON nested too deeply'),
+    (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}', 400,
+     'messages[0].content[0].text: is not valid Unicode (an unpaired surrogate)'),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "\\udfff": 1}', 400,
+     'body: is not valid Unicode (an unpaired surrogate)'),
+    (b'{"messages": "\xff"}', 400, "body: not valid JSON: 'utf-8' codec can't decode byte 0xff in position 14: "
+                                    'invalid start byte'),
+    # Image budgets, from the header: 16-bit and transparent palette pixels cost more to decode.
+    ({'messages': [user(part(png_url((1100, 1000))))]}, 413, over_image('1100x1000')),
+    ({'messages': [user(part(png_url((600, 600), 'I;16')))]}, 413,
+     over_image('600x600', ' (16-bit pixels count 3 times)')),
+    ({'messages': [user(part(png_url((700, 700), 'P', transparency=0)))]}, 413,
+     over_image('700x700', ' (transparent palette pixels count 2.44 times)')),
+    ({'messages': [user(part(png_url((900, 900))), part(png_url((900, 900))))]}, 413,
+     'messages: the images have 1620000 pixels in all, over the limit of 1500000 per request (--max-request-pixels)'),
+    ({'messages': [user(part(FIRST_IMAGE.name), TEXT), {'role': 'assistant', 'content': 'ok'},
+                   user(*[part(FIRST_IMAGE.name)] * 3)]}, 413,
+     'messages: 4 images, over the limit of 3 per request (--max-images)'),
+    # Local files: only regular files, read up to the size limit, symlinks only inside the folder.
+    ({'messages': [user(part('fifo.png'))]}, 400,
+     "messages[0].content[0].image_url: 'fifo.png' is a FIFO, not a regular file"),
+    ({'messages': [user(part('folder.png'))]}, 400,
+     "messages[0].content[0].image_url: 'folder.png' is a folder, not a regular file"),
+    ({'messages': [user(part('outside.png'))]}, 400, "messages[0].content[0].image_url: 'outside.png' is a symlink "
+                                                     'to a file outside the folder allowed by --allow-local-images'),
+    ({'messages': [user(part('big.png'))]}, 413,
+     "messages[0].content[0].image_url: 'big.png' has 1048789 bytes, over the limit of 1048576 (--max-upload-mb)"),
+    ({'messages': [user(part('missing.png'))]}, 400, "messages[0].content[0].image_url: image file not found: "
+                                                     "'missing.png'"),
 ])
 def test_malformed_requests_name_the_field(server, body, status, message):
     code, reply = post(server, body, raw=body if isinstance(body, bytes) else None)
+    assert get_json(server + '/health')['waiting'] == 0
     model = get_json(server + '/v1/models')['data'][0]['id']
     assert (code, reply['error']['message']) == (status, message.replace('MODEL', model))
     assert reply['error']['type'] == 'invalid_request_error'
@@ -201,3 +268,60 @@ def test_image_rules_of_the_server(options, message):
     with pytest.raises(RequestError) as error:
         parse_chat_request({'messages': [user(part(FIRST_IMAGE.name))]}, 'm', **options)
     assert str(error.value) == 'messages[0].content[0].image_url: ' + message
+
+
+def test_a_device_in_the_allowed_folder_is_refused(server, allowed):
+    if not (allowed / 'device.png').exists():
+        pytest.skip('this user may not make a device node')
+    code, reply = post(server, {'messages': [user(part('device.png'))]})
+    assert (code, reply['error']['message']) == (
+        400, "messages[0].content[0].image_url: 'device.png' is a device, not a regular file")
+
+
+def test_callers_the_access_checks_refuse(server):
+    port = server.rsplit(':', 1)[1]
+    body = json.dumps({'messages': [user(TEXT)], 'max_tokens': 0}).encode()
+    # A page on another site can make a browser POST text/plain anywhere, without asking first.
+    code, reply = post(server, None, raw=body, **{'Content-Type': 'text/plain'})
+    assert (code, reply['error']['message']) == (415, "Content-Type: must be application/json, got 'text/plain'")
+    # DNS rebinding: evil.example resolves to 127.0.0.1, and the browser sends its own name.
+    code, reply = post(server, None, raw=body, Host=f'evil.example:{port}')
+    assert (code, reply['error']['message']) == (
+        400, f"Host: 'evil.example:{port}' is not a name of this server; start it with --allowed-hosts NAME "
+             'to accept it')
+    for host in (f'localhost:{port}', f'127.0.0.1:{port}', f'[::1]:{port}'):  # the request itself is checked next
+        assert post(server, None, raw=body, Host=host) == (400, {'error': {
+            'message': 'max_tokens: must be an integer in [1, 1048576], got 0', 'type': 'invalid_request_error',
+            'param': 'max_tokens', 'code': None}})
+
+
+def test_prompts_over_the_token_limit_are_refused(server, served_chat_model):  # noqa: F811
+    from mmllava.serve.limits import PromptBudget
+
+    # Too many characters for 256 tokens of this vocabulary: refused without tokenising.
+    longest = PromptBudget(served_chat_model).longest_token
+    text = 'a' * (256 * longest + 1)
+    code, reply = post(server, {'messages': [user(part(FIRST_IMAGE.name), {'type': 'text', 'text': text})]})
+    assert (code, reply['error']['message']) == (413, f'messages: the prompt has {len(text)} characters, more than '
+                                                      '256 tokens can hold, over the limit of 256 tokens '
+                                                      '(--max-prompt-tokens)')
+    # Within that, but over 256 tokens once tokenised (the image's positions included).
+    text = ' '.join(['cat'] * 200)
+    code, reply = post(server, {'messages': [user(part(FIRST_IMAGE.name), {'type': 'text', 'text': text})]})
+    assert code == 413
+    tokens = int(reply['error']['message'].split(' tokens')[0].rsplit(' ', 1)[1])
+    assert tokens > 256 and reply['error']['message'] == (
+        f'messages: the prompt takes {tokens} tokens (images included), over the limit of 256 tokens '
+        '(--max-prompt-tokens)')
+
+
+def test_a_client_gone_mid_upload_is_dropped_quietly(server):
+    import socket
+
+    host, port = server.removeprefix('http://').split(':')
+    with socket.create_connection((host, int(port))) as client:
+        client.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
+                       b'Content-Length: 100000\r\n\r\n{"messages": [')
+    health = get_json(server + '/health')
+    assert (health['status'], health['waiting']) == ('ok', 0)
+    # The module's server fixture then checks its log holds no traceback (Starlette logged one before).

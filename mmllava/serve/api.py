@@ -6,11 +6,16 @@
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 request (the message starts with the field, e.g. ``messages[1].content[0].image_url: ...``), 413 for
-a body over the size limit, 503 when the queue is full (with ``Retry-After``).
+a body, an image or a prompt over its budget (:mod:`mmllava.serve.limits`), 408 for a body too slow
+to arrive, 503 when the queue is full (with ``Retry-After``) or the server is stopping; 400, 401 or
+415 from the access checks (:mod:`mmllava.serve.access`). A client that leaves is dropped from the
+queue, or its generation stops at the next layer (:mod:`mmllava.serve.cancel`).
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -20,18 +25,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from mmllava.errors import MMLLaVAError
-from mmllava.serve.messages import ParsedRequest, RequestError, parse_chat_request
-from mmllava.serve.worker import Answer, Busy, GenerationWorker, stream
+from mmllava.serve.access import AccessControl
+from mmllava.serve.http import BodyRefused, error_body, error_response, read_body, until_disconnected
+from mmllava.serve.limits import DECODE_CONCURRENCY, Limits, PromptBudget
+from mmllava.serve.messages import (ParsedRequest, RequestError, decode_request_images, parse_chat_request,
+                                    parse_json_body)
+from mmllava.serve.worker import Answer, Busy, Cancelled, GenerationWorker, ShuttingDown, stream
 
-
-def error_body(message: str, kind: str, param: str | None = None) -> dict:
-    """OpenAI's error object."""
-    return {'error': {'message': message, 'type': kind, 'param': param, 'code': None}}
-
-
-def error_response(status: int, message: str, kind: str, param: str | None = None, **headers) -> JSONResponse:
-    """An OpenAI-style error with HTTP ``status``."""
-    return JSONResponse(error_body(message, kind, param), status_code=status, headers=headers or None)
+log = logging.getLogger(__name__)
 
 
 def _usage(answer: Answer) -> dict:
@@ -44,20 +45,42 @@ def _failure(error: Exception) -> tuple[int, str, str]:
     """HTTP status, message and OpenAI error type for an exception raised by a generation."""
     if isinstance(error, MMLLaVAError):  # the request asked for something this model cannot do
         return 400, str(error), 'invalid_request_error'
+    if isinstance(error, ShuttingDown):
+        return 503, str(error), 'server_busy'
     return 500, f'generation failed: {type(error).__name__}: {error}', 'server_error'
 
 
+def prepare_request(body: bytes, model_id: str, prompt_budget: PromptBudget, allow_local_images: Path | None = None,
+                    limits: Limits = Limits(), max_file_bytes: int = 32 << 20) -> ParsedRequest:
+    """All the cheap checks of a request body, before it waits for anything (run it in a thread): JSON,
+    fields, images from their headers against ``limits``, and prompt tokens against ``prompt_budget``
+    (which caps ``max_tokens``); raises :class:`RequestError`. Images are left undecoded."""
+    text_only = prompt_budget.chat_model.image_processor is None
+    parsed = parse_chat_request(parse_json_body(body), model_id, allow_local_images, text_only, limits,
+                                max_file_bytes)
+    prompt_budget.check(parsed.request)
+    return parsed
+
+
+def _busy(error: Busy) -> JSONResponse:
+    return error_response(503, str(error), 'server_busy', **{'Retry-After': '1'})
+
+
 def create_app(worker: GenerationWorker, model_id: str, allow_local_images: Path | None = None,
-               max_body_bytes: int = 32 << 20) -> FastAPI:
-    """The FastAPI app serving ``worker``'s model under the name ``model_id``.
+               max_body_bytes: int = 32 << 20, limits: Limits = Limits(), body_timeout: float = 60,
+               allowed_hosts: list[str] = (), api_key: str | None = None):
+    """The ASGI app serving ``worker``'s model under the name ``model_id``.
 
     ``allow_local_images``: the folder image paths may point into (``None``: data URLs only);
-    ``max_body_bytes``: the largest request body accepted (images travel inside it).
+    ``max_body_bytes``: the largest request body accepted (images travel inside it), and the largest
+    local image file read; ``limits``: the image and prompt budgets; ``body_timeout``: seconds to
+    receive a body; ``allowed_hosts`` and ``api_key``: who may call (:mod:`mmllava.serve.access`).
     """
     # The interactive docs load their scripts from a CDN; this server works offline, so none.
     app = FastAPI(title='mmllava', docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
-    text_only = worker.chat_model.image_processor is None
+    prompt_budget = PromptBudget(worker.chat_model, limits.max_prompt_tokens)
+    decoding = asyncio.Semaphore(DECODE_CONCURRENCY)  # decoded images are large: a few at a time
 
     @app.get('/health')
     async def health():
@@ -69,26 +92,36 @@ def create_app(worker: GenerationWorker, model_id: str, allow_local_images: Path
         return {'object': 'list', 'data': [{'id': model_id, 'object': 'model', 'created': created,
                                             'owned_by': 'mmllava'}]}
 
+    def prepare(body: bytes) -> ParsedRequest:
+        return prepare_request(body, model_id, prompt_budget, allow_local_images, limits, max_body_bytes)
+
     @app.post('/v1/chat/completions')
     async def chat_completions(request: Request):
-        body = await _read_body(request, max_body_bytes)
-        if body is None:
-            return error_response(413, f'body: larger than the limit of {max_body_bytes / 2**20:g} MB '
-                                       '(--max-upload-mb)', 'invalid_request_error', 'body')
         try:
-            parsed = await run_in_threadpool(_parse, body, model_id, allow_local_images, text_only)
-        except RequestError as e:
-            return error_response(400, str(e), 'invalid_request_error', e.param)
+            body = await read_body(request, max_body_bytes, body_timeout)
+        except BodyRefused as e:
+            if e.response is None:
+                log.info('a client left while sending its request')
+            return e.response or JSONResponse({}, status_code=400)  # nobody reads it
         try:
+            parsed = await run_in_threadpool(prepare, body)
+            worker.check_room()  # a full queue refuses before the images are decoded
+            async with decoding:
+                await run_in_threadpool(decode_request_images, parsed)
             events = stream(worker, parsed.request)
+        except RequestError as e:
+            return error_response(e.status, str(e), 'invalid_request_error', e.param)
         except Busy as e:
-            return error_response(503, str(e), 'server_busy', **{'Retry-After': '1'})
+            return _busy(e)
         reply = {'id': f'chatcmpl-{uuid.uuid4().hex}', 'created': int(time.time()), 'model': model_id}
-        if parsed.stream:
+        if parsed.stream:  # Starlette stops the stream (and so the job) when the client disconnects
             return StreamingResponse(_sse(events, reply, parsed), media_type='text/event-stream',
                                      headers={'Cache-Control': 'no-cache'})
         try:
-            answer = [event async for event in events][-1]
+            answer = await _unless_disconnected(_last(events), request)
+        except Cancelled:
+            log.info('a client left before its answer')
+            return JSONResponse({}, status_code=400)  # nobody reads it
         except Exception as e:
             status, message, kind = _failure(e)
             return error_response(status, message, kind)
@@ -96,27 +129,37 @@ def create_app(worker: GenerationWorker, model_id: str, allow_local_images: Path
                 'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': answer.text},
                              'finish_reason': answer.usage.finish_reason}]}
 
-    return app
+    return AccessControl(app, allowed_hosts, api_key)
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or ``None`` if it is over ``limit`` bytes. An oversized body is still read
-    to its end, without keeping it, so that the client (still sending) gets the 413 and not a broken pipe."""
-    body, size = bytearray(), 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            body += chunk
-    return bytes(body) if size <= limit else None
+async def _last(events):
+    """The last event of ``events`` (the :class:`Answer`)."""
+    last = None
+    async for last in events:
+        pass
+    return last
 
 
-def _parse(body: bytes, model_id: str, allow_local_images: Path | None, text_only: bool) -> ParsedRequest:
-    """JSON-decode and validate a request body (in a thread: images are decoded here)."""
+async def _unless_disconnected(answer, request: Request):
+    """Await ``answer``; if the client disconnects first, stop it (which cancels the job: it leaves the
+    queue, or stops at its next layer) and raise :class:`Cancelled`."""
+    answering = asyncio.ensure_future(answer)
+    gone = asyncio.ensure_future(until_disconnected(request))
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError('body', f'not valid JSON: {e}') from None
-    return parse_chat_request(data, model_id, allow_local_images, text_only)
+        await asyncio.wait({answering, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the handler itself was cancelled (shutdown): so is the answer
+        answering.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if answering.done():
+        return answering.result()
+    answering.cancel()
+    try:
+        await answering
+    except asyncio.CancelledError:
+        pass
+    raise Cancelled('the client disconnected')
 
 
 async def _sse(events, reply: dict, parsed: ParsedRequest):

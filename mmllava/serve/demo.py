@@ -3,6 +3,10 @@ stream in; several turns and several images in one conversation, a clear button,
 settings. The page keeps the conversation; every question is a stateless
 :class:`~mmllava.serve.worker.ChatRequest` run by the shared :class:`GenerationWorker` (the model
 never runs on Gradio's event loop). Errors appear in the page as Gradio error messages.
+
+An uploaded image is checked from its header against the server's pixel budget
+(:mod:`mmllava.serve.limits`) before it is decoded: Gradio hands the file over undecoded
+(``image_mode=None``), and the page decodes one image at a time (one question at a time).
 """
 from __future__ import annotations
 
@@ -13,8 +17,8 @@ from pathlib import Path
 import gradio as gr
 
 from mmllava.chat.session import GenerationSettings
-from mmllava.data.image import load_image
 from mmllava.errors import MMLLaVAError
+from mmllava.serve.limits import DEFAULT_MAX_IMAGE_PIXELS, RequestError, decode_image, inspect_image
 from mmllava.serve.worker import Answer, Busy, ChatRequest, Exchange, GenerationWorker, stream
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif')
@@ -52,8 +56,22 @@ def chat_messages(turns: list[Turn]) -> list[dict]:
     return messages
 
 
-def build_demo(worker: GenerationWorker, title: str, examples: list[str] = ()) -> gr.Blocks:
-    """The page for ``worker``'s model; ``examples`` are image files offered as one-click inputs."""
+def load_upload(path: str, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    """An uploaded image file as RGB, refused (``MMLLaVAError``) from its header if it is over the
+    pixel budget or not an image this server reads."""
+    try:
+        raw = Path(path).read_bytes()  # Gradio has already limited its size (--max-upload-mb)
+        return decode_image(inspect_image(raw, 'image', max_image_pixels).raw, 'image')
+    except OSError as e:
+        raise MMLLaVAError(f'image: cannot read the upload: {e.strerror}') from None
+    except RequestError as e:
+        raise MMLLaVAError(str(e)) from None
+
+
+def build_demo(worker: GenerationWorker, title: str, examples: list[str] = (),
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> gr.Blocks:
+    """The page for ``worker``'s model; ``examples`` are image files offered as one-click inputs;
+    ``max_image_pixels`` the pixel budget of an image (:func:`~mmllava.serve.limits.inspect_image`)."""
 
     async def respond(text, image_path, turns, max_new_tokens, temperature, top_p):
         text = (text or '').strip()
@@ -61,7 +79,7 @@ def build_demo(worker: GenerationWorker, title: str, examples: list[str] = ()) -
             raise gr.Error('Type a question first.')
         settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p))
         try:
-            images = [load_image(image_path)] if image_path else []
+            images = [load_upload(image_path, max_image_pixels)] if image_path else []
             settings.generate_kwargs()  # invalid settings fail here, before the turn is shown
             events = stream(worker, ChatRequest(text, images, [t.exchange for t in turns], settings=settings))
         except (MMLLaVAError, Busy) as e:
@@ -84,8 +102,9 @@ def build_demo(worker: GenerationWorker, title: str, examples: list[str] = ()) -
         with gr.Row():
             with gr.Column(scale=1):
                 takes_images = worker.chat_model.image_processor is not None
-                image = gr.Image(type='filepath', label='Image', sources=['upload', 'clipboard'], height=280,
-                                 elem_id='image', visible=takes_images)
+                # image_mode=None: Gradio passes the file on as uploaded, without decoding it first.
+                image = gr.Image(type='filepath', image_mode=None, label='Image', sources=['upload', 'clipboard'],
+                                 height=280, elem_id='image', visible=takes_images)
                 if examples and takes_images:
                     gr.Examples([[path] for path in examples], inputs=[image], label='Example images',
                                 examples_per_page=12)

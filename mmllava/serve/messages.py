@@ -13,30 +13,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 from mmllava.chat.session import GenerationSettings
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
-from mmllava.data.image import DEFAULT_MAX_PIXELS, load_image, resolve_image_path, to_rgb
-from mmllava.errors import MMLLaVAError
+from mmllava.serve.files import FileRefused, read_allowed_file
+from mmllava.serve.limits import Limits, PendingImage, RequestError, check_request_images, decode_image, inspect_image
 from mmllava.serve.worker import ChatRequest, Exchange
 
 SYSTEM_ROLES = ('system', 'developer')
 DEFAULT_MAX_TOKENS = 512
-
-
-class RequestError(ValueError):
-    """A malformed request; ``param`` is the offending field's path."""
-
-    def __init__(self, param: str, message: str):
-        super().__init__(f'{param}: {message}')
-        self.param = param
 
 
 @dataclass
@@ -57,13 +48,17 @@ def _number(body: dict, key: str, default, low: float, high: float, low_open: bo
     kind = 'an integer' if integer else 'a number'
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise RequestError(key, f'must be {kind}, got {value!r}')
+    if not math.isfinite(value):  # 1e999 parses as inf, and NaN passes every comparison
+        raise RequestError(key, f'must be a finite number, got {value!r}')
     if value > high or value < low or (low_open and value == low):
         raise RequestError(key, f'must be {kind} in {"(" if low_open else "["}{low}, {high}], got {value!r}')
     return value
 
 
-def decode_image_url(url: Any, param: str, allow_local_images: Path | None):
-    """The PIL image an ``image_url`` names: a base64 data URL, or a local file under ``allow_local_images``."""
+def decode_image_url(url: Any, param: str, allow_local_images: Path | None, max_image_pixels: int,
+                     max_file_bytes: int) -> PendingImage:
+    """The image an ``image_url`` names (a base64 data URL, or a file under ``allow_local_images``),
+    checked from its header against ``max_image_pixels`` but not decoded yet."""
     if not isinstance(url, str) or not url:
         raise RequestError(param, 'must be a non-empty string URL')
     if url.startswith('data:'):
@@ -74,7 +69,7 @@ def decode_image_url(url: Any, param: str, allow_local_images: Path | None):
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(param, 'the data URL is not valid base64') from None
-        return _open_image_bytes(raw, param)
+        return inspect_image(raw, param, max_image_pixels)
     scheme = urlparse(url).scheme
     if scheme not in ('', 'file'):
         raise RequestError(param, f'{scheme} URLs are not fetched by this server; send the image as a data URL '
@@ -84,28 +79,10 @@ def decode_image_url(url: Any, param: str, allow_local_images: Path | None):
                                   '--allow-local-images DIR')
     path = unquote(urlparse(url).path) if scheme == 'file' else url
     try:
-        full = resolve_image_path(path, allow_local_images)
-    except MMLLaVAError:
-        raise RequestError(param, f'{path!r} is outside the folder allowed by --allow-local-images') from None
-    try:
-        return load_image(full)
-    except MMLLaVAError as e:
-        raise RequestError(param, str(e)) from None
-
-
-def _open_image_bytes(raw: bytes, param: str):
-    """Decode an uploaded image as :func:`~mmllava.data.image.load_image` opens a file (EXIF, RGB, pixel limit)."""
-    try:
-        with Image.open(io.BytesIO(raw)) as img:
-            width, height = img.size
-            if width * height <= DEFAULT_MAX_PIXELS:
-                img.load()
-                return to_rgb(ImageOps.exif_transpose(img))
-    except UnidentifiedImageError:
-        raise RequestError(param, 'the data is not an image in a format this server reads') from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise RequestError(param, f'cannot read the image: {e}') from None
-    raise RequestError(param, f'image of {width}x{height} pixels exceeds the limit of {DEFAULT_MAX_PIXELS} pixels')
+        raw = read_allowed_file(path, allow_local_images, max_file_bytes)
+    except FileRefused as e:
+        raise RequestError(param, str(e), e.status) from None
+    return inspect_image(raw, param, max_image_pixels)
 
 
 def _content(message: dict, param: str, role: str, image: Callable[[Any, str], Any]) -> tuple[str, list]:
@@ -165,10 +142,49 @@ def _conversation(messages: Any, image: Callable[[Any, str], Any]) -> tuple[str 
     return '\n'.join(system) if system else None, history, *turns[-1]
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f'{name} is not a number JSON allows')
+
+
+def parse_json_body(body: bytes) -> Any:
+    """A request body decoded as strict JSON: no ``NaN`` / ``Infinity``, no unpaired surrogate in
+    any string, and nesting only as deep as the decoder's recursion limit, else :class:`RequestError`."""
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise RequestError('body', 'JSON nested too deeply') from None
+    except ValueError as e:  # also UnicodeDecodeError, and integers of more than 4300 digits
+        raise RequestError('body', f'not valid JSON: {e}') from None
+    _check_strings(data)
+    return data
+
+
+def _check_strings(data: Any) -> None:
+    """Refuse strings (keys included) that are not valid Unicode: JSON's ``\\ud800`` escapes decode to
+    unpaired surrogates, which no tokenizer or UTF-8 encoder takes. Iterative: ``data`` may be deep."""
+    stack = [(data, 'body')]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, where))
+                stack.append((item, key if where == 'body' else f'{where}.{key}'))
+        elif isinstance(value, list):
+            stack.extend((item, f'{where}[{i}]') for i, item in enumerate(value))
+        elif isinstance(value, str):
+            try:
+                value.encode('utf-8')
+            except UnicodeEncodeError:
+                raise RequestError(where, 'is not valid Unicode (an unpaired surrogate)') from None
+
+
 def parse_chat_request(body: Any, model_id: str, allow_local_images: Path | None = None,
-                       text_only: bool = False) -> ParsedRequest:
+                       text_only: bool = False, limits: Limits = Limits(),
+                       max_file_bytes: int = 32 << 20) -> ParsedRequest:
     """Validate an OpenAI ``/v1/chat/completions`` JSON body for the model ``model_id`` (which
-    takes no images if ``text_only``); ``allow_local_images`` is the folder image paths may name."""
+    takes no images if ``text_only``); ``allow_local_images`` is the folder image paths may name
+    (files of at most ``max_file_bytes``). Images are checked against ``limits`` from their headers
+    and left undecoded (:class:`PendingImage`): :func:`decode_request_images` decodes them."""
     if not isinstance(body, dict):
         raise RequestError('body', 'must be a JSON object')
     model = body.get('model')
@@ -194,8 +210,18 @@ def parse_chat_request(body: Any, model_id: str, allow_local_images: Path | None
     def image(url, param):
         if text_only:
             raise RequestError(param, 'this model is text-only and takes no images')
-        return decode_image_url(url, param, allow_local_images)
+        return decode_image_url(url, param, allow_local_images, limits.max_image_pixels, max_file_bytes)
 
     system, history, text, images = _conversation(body.get('messages'), image)
+    check_request_images([*(i for past in history for i in past.images), *images], limits)
     return ParsedRequest(ChatRequest(text, images, history, system, settings, seed), stream,
                          stream and options.get('include_usage', False))
+
+
+def decode_request_images(parsed: ParsedRequest) -> ParsedRequest:
+    """Decode ``parsed``'s :class:`PendingImage` s into RGB PIL images, in place (hold the decoding semaphore)."""
+    request = parsed.request
+    for images in [past.images for past in request.history] + [request.images]:
+        images[:] = [decode_image(image.raw, image.param) if isinstance(image, PendingImage) else image
+                     for image in images]
+    return parsed

@@ -11,8 +11,8 @@ cross from the worker thread to the loop with ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
@@ -30,6 +30,10 @@ class Busy(Exception):
 
 class Cancelled(Exception):
     """The caller went away; the generation was stopped."""
+
+
+class ShuttingDown(Busy):
+    """The server is stopping: the request was refused, or stopped where it was."""
 
 
 @dataclass
@@ -65,14 +69,19 @@ class Job:
     """A queued request; ``sink`` receives, from the worker thread, each piece of text, then the
     :class:`Answer` or the exception that ended it."""
 
-    def __init__(self, request: ChatRequest, sink: Callable[[Any], None]):
+    def __init__(self, request: ChatRequest, sink: Callable[[Any], None], leave_queue: Callable[['Job'], None]):
         self.request = request
         self.sink = sink
         self.cancelled = threading.Event()
+        self.error: Exception | None = None
+        self._leave_queue = leave_queue
 
-    def cancel(self) -> None:
-        """Stop generating (at the next piece of text) or skip the job if it has not started."""
+    def cancel(self, error: Exception | None = None) -> None:
+        """Leave the queue at once if waiting, else stop generating at the next layer or piece of
+        text; ``error`` (default :class:`Cancelled`) is what the generation then ends with."""
+        self.error = self.error or error
         self.cancelled.set()
+        self._leave_queue(self)
 
 
 class GenerationWorker:
@@ -87,8 +96,11 @@ class GenerationWorker:
             raise MMLLaVAError(f'--max-queue must be >= 1, got {max_queue}')
         self.chat_model = chat_model
         self.max_queue = max_queue
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
-        self._running = False
+        # A deque, not a queue.Queue: a cancelled job leaves it at once and frees its slot.
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._changed = threading.Condition()
+        self._running: Job | None = None
+        self._closed: ShuttingDown | None = None
         self._thread = threading.Thread(target=self._loop, name='mmllava-generation', daemon=True)
         self._thread.start()
 
@@ -99,32 +111,76 @@ class GenerationWorker:
 
     def load(self) -> dict:
         """``{'running': 0 or 1, 'waiting': N, 'max_queue': M}`` for health checks."""
-        return {'running': int(self._running), 'waiting': self._queue.qsize(), 'max_queue': self.max_queue}
+        with self._changed:
+            return {'running': int(self._running is not None), 'waiting': len(self._waiting),
+                    'max_queue': self.max_queue}
+
+    def check_room(self) -> None:
+        """Raise :class:`Busy` now if :meth:`submit` would (so a request is refused before costly work)."""
+        with self._changed:
+            self._refuse_if_full()
+
+    def _refuse_if_full(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+        if len(self._waiting) >= self.max_queue:
+            raise Busy(f'the model is busy: {self.max_queue} requests are already waiting '
+                       f'(--max-queue {self.max_queue}); retry later')
 
     def submit(self, request: ChatRequest, sink: Callable[[Any], None]) -> Job:
         """Queue ``request``; raises :class:`Busy` when ``max_queue`` requests already wait."""
-        job = Job(request, sink)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise Busy(f'the model is busy: {self.max_queue} requests are already waiting '
-                       f'(--max-queue {self.max_queue}); retry later') from None
+        job = Job(request, sink, self._leave_queue)
+        with self._changed:
+            self._refuse_if_full()
+            self._waiting.append(job)
+            self._changed.notify_all()
         return job
 
+    def _leave_queue(self, job: Job) -> None:
+        with self._changed:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self._changed.notify_all()
+
+    def close(self, reason: str = 'the server is shutting down') -> None:
+        """Refuse new requests, fail the waiting ones and stop the running one at its next layer, all
+        with :class:`ShuttingDown`; the worker thread then ends."""
+        error = ShuttingDown(reason)
+        with self._changed:
+            self._closed = error
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            running = self._running
+            self._changed.notify_all()
+        for job in waiting:
+            job.cancel(error)
+            job.sink(error)
+        if running is not None:
+            running.cancel(error)
+
     def _loop(self) -> None:
+        from mmllava.serve.cancel import cancellation_points
+
         while True:
-            job = self._queue.get()
-            if job.cancelled.is_set():
-                continue
-            self._running = True
+            with self._changed:
+                while not self._waiting and self._closed is None:
+                    self._changed.wait()
+                if self._closed is not None:
+                    return
+                job = self._running = self._waiting.popleft()
+                self._changed.notify_all()
             try:
-                result = self._generate(job)
+                if job.cancelled.is_set():  # cancelled between leaving the queue and starting
+                    raise Cancelled('cancelled')
+                with cancellation_points(self.chat_model.model, job.cancelled, lambda: Cancelled('cancelled')):
+                    result = self._generate(job)
             except Exception as e:  # the worker outlives any failed request; the caller gets the error
                 if not isinstance(e, (MMLLaVAError, Cancelled)):
                     log.exception('generation failed')
-                result = e
+                result = job.error if isinstance(e, Cancelled) and job.error is not None else e
             finally:
-                self._running = False
+                with self._changed:
+                    self._running = None
+                    self._changed.notify_all()
             job.sink(result)
 
     def _generate(self, job: Job) -> Answer:
