@@ -21,8 +21,8 @@ import torch
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.convert.chat_template import jinja_chat_template
 from mmllava.convert.folders import llm_state
-from mmllava.convert.legacy import (clip_vision_state, dtype_name, image_processor_dict, legacy_config_dict,
-                                    save_image_processor, save_tokenizer, write_json)
+from mmllava.convert.legacy import (clip_vision_state, dtype_name, legacy_config_dict, save_image_processor,
+                                    save_tokenizer, write_json)
 from mmllava.convert.shards import save_safetensors
 from mmllava.errors import MMLLaVAError
 from mmllava.formats.llava import projector_to_hf
@@ -70,8 +70,10 @@ def save_llava_processor(save_dir: Path, tokenizer, image_processor, patch_size:
     """
     save_tokenizer(tokenizer, save_dir, jinja_chat_template(template), processor_class=PROCESSOR_CLASS)
     save_image_processor(image_processor, save_dir, processor_class=PROCESSOR_CLASS)
+    # Flat (4.x) form: transformers 5 nests the image processor here, and 4.52's AutoProcessor then
+    # passes it twice (``LlavaProcessor.__init__() got multiple values for argument 'image_processor'``);
+    # both versions read the image processor from preprocessor_config.json.
     write_json(save_dir / 'processor_config.json', {
-        'image_processor': image_processor_dict(image_processor),
         'image_token': DEFAULT_IMAGE_TOKEN,
         'num_additional_image_tokens': 1,
         'patch_size': patch_size,

@@ -115,11 +115,16 @@ def _save_processor(tokenizer, image_processor, image_seq_length: int, template:
 
     transformers' ``GotOcr2ImageProcessor`` tiles with its own grid rule, which can pick another grid
     than InternVL's for some aspect ratios; ``mmllava chat`` on the official export tiles exactly."""
-    save_tokenizer(tokenizer, save_dir, jinja_chat_template(template), processor_class=PROCESSOR_CLASS)
+    # InternVLProcessor expands only <IMG_CONTEXT> (its tokenizer's context_image_token), not <image>.
+    save_tokenizer(tokenizer, save_dir, jinja_chat_template(template, IMG_CONTEXT_TOKEN),
+                   processor_class=PROCESSOR_CLASS)
     tokenizer_config = save_dir / 'tokenizer_config.json'
     data = json.loads(tokenizer_config.read_text(encoding='utf-8'))
-    data.update(start_image_token=IMG_START_TOKEN, end_image_token=IMG_END_TOKEN,
-                context_image_token=IMG_CONTEXT_TOKEN, video_token='<video>')
+    named = dict(start_image_token=IMG_START_TOKEN, end_image_token=IMG_END_TOKEN,
+                 context_image_token=IMG_CONTEXT_TOKEN, video_token='<video>')
+    # 5.x reads the named tokens at the top level, 4.x only from an ``extra_special_tokens`` dict
+    # (5.x merges that dict too); the unnamed extra tokens are in additional_special_tokens (save_tokenizer).
+    data.update(named, extra_special_tokens=named)
     write_json(tokenizer_config, data)
     size = image_processor.image_size
     settings = {
@@ -130,8 +135,10 @@ def _save_processor(tokenizer, image_processor, image_seq_length: int, template:
         'image_mean': image_processor.image_mean.tolist(), 'image_std': image_processor.image_std.tolist(),
         'do_convert_rgb': True}
     write_json(save_dir / 'preprocessor_config.json', settings)
+    # Flat (4.x) form, as for LLaVA (mmllava.convert.hf_llava.save_llava_processor): a nested image
+    # processor is passed twice by 4.52's AutoProcessor.
     write_json(save_dir / 'processor_config.json',
-               {'processor_class': PROCESSOR_CLASS, 'image_seq_length': image_seq_length, 'image_processor': settings})
+               {'processor_class': PROCESSOR_CLASS, 'image_seq_length': image_seq_length})
 
 
 def export_internvl(model, tokenizer, image_processor, save_format: str, save_dir, dtype: torch.dtype,
