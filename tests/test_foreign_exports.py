@@ -1,0 +1,185 @@
+"""Exports that other tools read, each tool in its own process: the ``huggingface`` LLaVA export
+(LLaVA-InternLM2, LLaVA-Llama-3, LLaVA-Qwen2.5) and InternVL2 export load in transformers 4.52.4 and
+in this venv's transformers 5.x with no missing or unused weight, their processor renders the
+export's own chat template into the prompt ``mmllava chat`` builds, and the logits and greedy
+tokens equal ``mmllava chat``'s. ``mmllava chat`` reads the same checkpoint through our own model
+code (the ``xtuner`` export for LLaVA, the ``official`` export for InternVL), so writer and reader
+share no loading code. The ``xtuner`` export's adapters load with plain PEFT.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from foreign_tools import TRANSFORMERS4, run_python, torchvision_path, transformers4  # noqa: F401 (fixtures)
+from llava_checkpoints import cfg_options, make_checkpoint, sample_image
+
+from mmllava.cli import main
+from mmllava.constants import IMAGE_TOKEN_INDEX
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = 'What colour is the circle?'
+MAX_NEW_TOKENS = 12
+# family -> (tiny config, the zoo's LLM)
+LLAVA_FAMILIES = {
+    'llava_internlm2': ('llava_tiny_internlm2_chat_qlora_clip_finetune', 'internlm2_chat'),
+    'llava_llama3': ('llava_tiny_llama3_instruct_qlora_clip_finetune', 'llama3_instruct'),
+    'llava_qwen2_5': ('llava_tiny_qwen2_5_instruct_clip_lora_finetune', 'qwen2_5_instruct'),
+}
+INTERNVL_CONFIG = 'internvl_tiny_internlm2_lora_finetune'
+
+
+def logits_tolerance(reference: torch.Tensor) -> float:
+    """Absolute tolerance for fp32 logits computed by two implementations of the same network.
+
+    Both sides use the same fp32 weights (LoRA merged in fp32); they differ only in the order of
+    reductions (fused vs unfused attention, a different matmul split). Each reduction of length K
+    rounds with relative error about K * eps in the worst case; the widest here is the LM head or
+    MLP (K = 128) and errors pass through a few layers, so 2 * 128 * eps (eps = 1.19e-7, fp32) of
+    the largest logit (a few units for these tiny models) bounds the difference, about 1e-5 in all.
+    """
+    return 2 * 128 * torch.finfo(torch.float32).eps * max(1.0, reference.abs().max().item())
+
+
+# Runs in transformers 4.52.4 or 5.x (argv: folder, image, prompt, max_new_tokens, logits file).
+# Loads the export as any user would, reports the loading info, renders the export's own chat
+# template through the processor, and writes the prompt logits for the caller to compare.
+FOREIGN_SCRIPT = r'''
+import json, sys
+import torch, transformers
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+folder, image, prompt, max_new_tokens, out = sys.argv[1:6]
+model, info = AutoModelForImageTextToText.from_pretrained(folder, output_loading_info=True,
+                                                          torch_dtype=torch.float32)
+model.eval()
+processor = AutoProcessor.from_pretrained(folder)
+messages = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': prompt}]}]
+text = processor.apply_chat_template(messages, add_generation_prompt=True)
+enc = processor(text=text, images=Image.open(image).convert('RGB'), return_tensors='pt', add_special_tokens=False)
+with torch.no_grad():
+    logits = model(**enc).logits[0]
+    out_ids = model.generate(**enc, do_sample=False, max_new_tokens=int(max_new_tokens))
+save_file({'logits': logits.contiguous(), 'pixel_values': enc['pixel_values'].contiguous()}, out)
+print(json.dumps({'version': transformers.__version__, 'class': type(model).__name__,
+                  'processor': type(processor).__name__,
+                  'loading': {k: sorted(map(str, v)) for k, v in info.items()},
+                  'input_ids': enc['input_ids'][0].tolist(),
+                  'new_ids': out_ids[0, enc['input_ids'].shape[1]:].tolist()}))
+'''
+
+
+def mmllava_chat_reference(chat_model, image) -> dict:
+    """What ``mmllava chat`` does for one greedy turn: its prompt ids (image positions as
+    ``IMAGE_TOKEN_INDEX``), pixel values, new token ids, and the prompt's logits from its model."""
+    from mmllava.chat.session import ChatSession, GenerationSettings
+
+    seen = {}
+    generate = chat_model.generate
+
+    def recording_generate(input_ids, pixel_values=None, **kwargs):
+        seen.update(input_ids=input_ids, pixel_values=pixel_values)
+        seen['new_ids'] = generate(input_ids, pixel_values, **kwargs)
+        return seen['new_ids']
+
+    chat_model.generate = recording_generate
+    ChatSession(chat_model, settings=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS)).ask(PROMPT, image=image)
+    with torch.no_grad():
+        seen['logits'] = chat_model.model({'input_ids': seen['input_ids'], 'pixel_values': seen['pixel_values']},
+                                          mode='tensor')[0]
+    return seen
+
+
+def read_foreign(folder: Path, image: Path, out: Path, pythonpath) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    result = run_python(FOREIGN_SCRIPT, str(folder), str(image), PROMPT, str(MAX_NEW_TOKENS), str(out),
+                        pythonpath=pythonpath)
+    return result, load_file(str(out))
+
+
+def assert_reads_like_mmllava_chat(result: dict, tensors: dict, reference: dict, image_token_id: int,
+                                   version: str) -> None:
+    """Loading info clean, the processor's prompt = mmllava chat's, same logits and greedy tokens."""
+    assert result['version'] == version
+    assert result['loading'] == {'missing_keys': [], 'unexpected_keys': [], 'mismatched_keys': [], 'error_msgs': []}
+    expected_ids = [image_token_id if i == IMAGE_TOKEN_INDEX else i for i in reference['input_ids'][0].tolist()]
+    assert result['input_ids'] == expected_ids
+    # Both resize with PIL's bicubic filter and normalise in fp32 from the same uint8 pixels.
+    torch.testing.assert_close(tensors['pixel_values'], reference['pixel_values'].float(), rtol=0, atol=1e-5)
+    logits, vocab = tensors['logits'], reference['logits'].shape[-1]
+    if logits.shape[-1] != vocab:  # the export's vocabulary gained the image token as its last row
+        assert logits.shape[-1] == image_token_id + 1 > vocab
+    tol = logits_tolerance(reference['logits'])
+    torch.testing.assert_close(logits[:, :vocab], reference['logits'], rtol=0, atol=tol)
+    assert result['new_ids'] == reference['new_ids'] and len(result['new_ids']) > 0
+
+
+# ------------------------------------------------------------------------------------------------ LLaVA
+
+
+@pytest.fixture(scope='module', params=list(LLAVA_FAMILIES))
+def llava_export(request, tiny_zoo, tmp_path_factory):
+    """A LoRA checkpoint of one LLaVA family as ``xtuner`` and ``huggingface`` (fp32) exports, and
+    ``mmllava chat``'s greedy turn on the ``xtuner`` one (our LLaVAModel)."""
+    from mmllava.chat.loader import load_chat_model
+
+    config, llm = LLAVA_FAMILIES[request.param]
+    root = tmp_path_factory.mktemp(request.param)
+    make_checkpoint(tiny_zoo, root / 'iter_5.pth', config, qlora=False, scale=0.05, llm=llm)
+    for fmt in ('xtuner', 'huggingface'):
+        assert main(['convert', 'pth_to_hf', config, str(root / 'iter_5.pth'), str(root / fmt), '--fp32',
+                     '--save-format', fmt, '--cfg-options', *cfg_options(tiny_zoo, qlora=False, llm=llm)]) == 0
+    sample_image().save(root / 'image.png')
+    chat_model = load_chat_model(tiny_zoo[llm], llava=root / 'xtuner', visual_encoder=tiny_zoo['clip_vit'],
+                                 torch_dtype='float32', device='cpu')
+    reference = mmllava_chat_reference(chat_model, sample_image())
+    return dict(root=root, family=request.param, llm=llm, chat_model=chat_model, reference=reference)
+
+
+def test_huggingface_llava_export_files_read_by_both_versions(llava_export):
+    folder = llava_export['root'] / 'huggingface'
+    processor = json.loads((folder / 'processor_config.json').read_text())
+    assert 'image_processor' not in processor  # nested: 4.52's AutoProcessor passes it twice
+    assert json.loads((folder / 'preprocessor_config.json').read_text())['image_processor_type'] == 'CLIPImageProcessor'
+    tokenizer = json.loads((folder / 'tokenizer_config.json').read_text())
+    assert tokenizer['tokenizer_class'] != 'TokenizersBackend' and 'chat_template' in tokenizer
+    assert not isinstance(tokenizer.get('extra_special_tokens'), list)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['torch_dtype'] == config['dtype'] == 'float32'
+    assert config['text_config']['rope_theta'] == config['text_config']['rope_parameters']['rope_theta']
+    with open(folder / 'model.safetensors', 'rb') as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
+    prefixes = {k.split('.layers.')[0].rsplit('.', 1)[0] for k in header if k != '__metadata__'}
+    assert {p.split('.')[0] for p in prefixes} == {'vision_tower', 'multi_modal_projector', 'language_model'}
+    assert any(k.startswith('vision_tower.vision_model.encoder.layers.') for k in header)
+    assert any(k.startswith('language_model.model.layers.') for k in header)
+    assert set(k for k in header if k.startswith('multi_modal_projector.')) == {
+        f'multi_modal_projector.linear_{i}.{w}' for i in (1, 2) for w in ('weight', 'bias')}
+    assert ('language_model.lm_head.weight' in header) == (not config['tie_word_embeddings'])
+
+
+def test_huggingface_llava_export_reads_in_transformers_4_52(llava_export, transformers4, tmp_path):
+    result, tensors = read_foreign(llava_export['root'] / 'huggingface', llava_export['root'] / 'image.png',
+                                   tmp_path / 'out.safetensors', transformers4)
+    assert (result['class'], result['processor']) == ('LlavaForConditionalGeneration', 'LlavaProcessor')
+    assert_reads_like_mmllava_chat(result, tensors, llava_export['reference'], _image_token_id(llava_export),
+                                   '4.52.4')
+
+
+def test_huggingface_llava_export_reads_in_transformers_5(llava_export, tmp_path):
+    import transformers
+
+    result, tensors = read_foreign(llava_export['root'] / 'huggingface', llava_export['root'] / 'image.png',
+                                   tmp_path / 'out.safetensors', None)
+    assert (result['class'], result['processor']) == ('LlavaForConditionalGeneration', 'LlavaProcessor')
+    assert_reads_like_mmllava_chat(result, tensors, llava_export['reference'], _image_token_id(llava_export),
+                                   transformers.__version__)
+
+
+def _image_token_id(export) -> int:
+    return json.loads((export['root'] / 'huggingface' / 'config.json').read_text())['image_token_index']
