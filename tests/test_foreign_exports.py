@@ -197,25 +197,33 @@ def _image_token_id(export) -> int:
 # --------------------------------------------------------------------------------------------- InternVL2
 
 
-@pytest.fixture(scope='module')
-def internvl_export(tiny_zoo, tmp_path_factory):
-    """A LoRA checkpoint of the tiny InternVL2 as ``huggingface`` and ``official`` (fp32) exports, and
-    ``mmllava chat``'s greedy turn on the ``official`` one (our InternVLModel)."""
-    from mmllava.chat.loader import load_chat_model
+def make_internvl_exports(official_folder: Path, root: Path) -> Path:
+    """A LoRA checkpoint (non-zero adapters, so merges are exercised) of the tiny InternVL2 config
+    on ``official_folder``, exported (fp32) as ``root/huggingface`` and ``root/official``."""
     from mmllava.config import build, load_config, parse_cfg_options
 
-    root = tmp_path_factory.mktemp('internvl2')
-    options = [f'path={tiny_zoo["internvl2_official"]}', f'data_root={REPO}/data/synthetic/']
+    options = [f'path={official_folder}', f'data_root={REPO}/data/synthetic/']
     model = build(load_config(INTERNVL_CONFIG, parse_cfg_options(options)).model)
     gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # non-zero adapters, so the merge is exercised
+    with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p += 0.05 * torch.randn(p.shape, generator=gen)
+    root.mkdir(parents=True, exist_ok=True)
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, root / 'iter_5.pth')
     for fmt in ('huggingface', 'official'):
         assert main(['convert', 'pth_to_hf', INTERNVL_CONFIG, str(root / 'iter_5.pth'), str(root / fmt), '--fp32',
                      '--save-format', fmt, '--cfg-options', *options]) == 0
+    return root
+
+
+@pytest.fixture(scope='module')
+def internvl_export(tiny_zoo, tmp_path_factory):
+    """The tiny InternVL2's ``huggingface`` and ``official`` exports, and ``mmllava chat``'s greedy
+    turn on the ``official`` one (our InternVLModel)."""
+    from mmllava.chat.loader import load_chat_model
+
+    root = make_internvl_exports(tiny_zoo['internvl2_official'], tmp_path_factory.mktemp('internvl2'))
     sample_image().save(root / 'image.png')
     chat_model = load_chat_model(root / 'official', torch_dtype='float32', device='cpu')
     return dict(root=root, chat_model=chat_model, reference=mmllava_chat_reference(chat_model, sample_image()))

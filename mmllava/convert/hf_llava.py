@@ -52,9 +52,15 @@ def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([weight, mean.expand(rows - weight.shape[0], -1)])
 
 
-def stop_token_ids(tokenizer, template) -> list[int]:
-    """The tokenizer's EOS and every stop word of ``template`` that is a single token."""
+def stop_token_ids(tokenizer, template, llm=None) -> list[int]:
+    """The tokenizer's EOS, the EOS ids of ``llm``'s generation config (e.g. Llama-3's
+    ``<|end_of_text|>`` besides ``<|eot_id|>``) and every stop word of ``template`` that is a single
+    token: the ids ``mmllava chat`` stops at, so engines reading the export stop where it does."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    declared = getattr(getattr(llm, 'generation_config', None), 'eos_token_id', None)
+    for token_id in declared if isinstance(declared, list) else [declared]:
+        if token_id is not None and token_id not in ids:
+            ids.append(token_id)
     for word in get_template(template).stop_words:
         word_ids = tokenizer.encode(word, add_special_tokens=False)
         if len(word_ids) == 1 and word_ids[0] not in ids:
@@ -134,7 +140,7 @@ def export_hf_llava(model, tokenizer, image_processor, template, save_dir, dtype
     })
     write_json(save_dir / 'generation_config.json', {
         'bos_token_id': tokenizer.bos_token_id,
-        'eos_token_id': stop_token_ids(tokenizer, template),
+        'eos_token_id': stop_token_ids(tokenizer, template, llm),
         'pad_token_id': tokenizer.pad_token_id,
     })
     save_llava_processor(save_dir, tokenizer, image_processor, patch_size, template)

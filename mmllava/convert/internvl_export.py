@@ -60,8 +60,8 @@ def _with_dtype(config: dict, dtype: torch.dtype) -> dict:
     return config
 
 
-def _generation_config(tokenizer, template: str) -> dict:
-    return {'bos_token_id': tokenizer.bos_token_id, 'eos_token_id': stop_token_ids(tokenizer, template),
+def _generation_config(tokenizer, template: str, llm) -> dict:
+    return {'bos_token_id': tokenizer.bos_token_id, 'eos_token_id': stop_token_ids(tokenizer, template, llm),
             'pad_token_id': tokenizer.pad_token_id}
 
 
@@ -76,7 +76,7 @@ def export_official(model, tokenizer, template: str, save_dir, dtype: torch.dtyp
     print(f'Writing weights ({dtype_name(dtype)}) to {save_dir}', flush=True)
     save_safetensors(native_to_official(native_state(model), official), save_dir, dtype, max_shard_size)
     write_json(save_dir / 'config.json', {**_with_dtype(official, dtype), 'prompt_template': template})
-    write_json(save_dir / 'generation_config.json', _generation_config(tokenizer, template))
+    write_json(save_dir / 'generation_config.json', _generation_config(tokenizer, template, model.llm))
     for path in [*source.glob('*.py'), *(source / name for name in _TOKENIZER_FILES)]:
         if path.is_file():
             shutil.copyfile(path, save_dir / path.name)
@@ -105,7 +105,7 @@ def export_huggingface(model, tokenizer, image_processor, template: str, save_di
     config['vision_config'] = legacy_config_dict(native.vision_config, dtype)
     config.update(dtype=dtype_name(dtype), torch_dtype=dtype_name(dtype), prompt_template=template)
     write_json(save_dir / 'config.json', config)
-    write_json(save_dir / 'generation_config.json', _generation_config(tokenizer, template))
+    write_json(save_dir / 'generation_config.json', _generation_config(tokenizer, template, model.llm))
     _save_processor(tokenizer, image_processor, native.image_seq_length, template, save_dir)
     return save_dir
 

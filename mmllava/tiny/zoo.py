@@ -33,6 +33,8 @@ INTERNVL_AUTO_MAP = {
 }
 # Tiny LLM shape shared by the families: GQA with 2 queries per KV head so packing/splitting is exercised.
 _LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+# The same with head_dim 64, for engines whose attention kernels need head_dim >= 32 (vLLM on CPU).
+HEAD_DIM_64_LLM = dict(_LLM, hidden_size=256, intermediate_size=512)
 
 
 def _random_weights(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -71,7 +73,7 @@ def native_shapes(config, model_class, skip: tuple[str, ...] = ()) -> dict[str, 
 # ---------------------------------------------------------------------------------------------- InternLM2
 
 
-def internlm2_config(vocab_size: int, ids: dict[str, int]) -> dict:
+def internlm2_config(vocab_size: int, ids: dict[str, int], llm_shape: dict = _LLM) -> dict:
     """``config.json`` of the tiny internlm2-chat (field names and values of the real 1.8B, tiny sizes)."""
     return {
         'architectures': ['InternLM2ForCausalLM'],
@@ -81,7 +83,7 @@ def internlm2_config(vocab_size: int, ids: dict[str, int]) -> dict:
         'bos_token_id': ids['<s>'],
         'eos_token_id': ids['</s>'],
         'hidden_act': 'silu',
-        **_LLM,
+        **llm_shape,
         'initializer_range': 0.02,
         'max_position_embeddings': 32768,
         'model_type': 'internlm2',
@@ -144,12 +146,12 @@ def _native_llm(folder: Path, gen: torch.Generator, cfg: dict, generation: dict)
     _save_weights(folder, _random_weights(native_shapes(config, AutoModelForCausalLM.from_config, skip), gen))
 
 
-def _llama3_instruct(folder: Path, gen: torch.Generator) -> None:
+def _llama3_instruct(folder: Path, gen: torch.Generator, llm_shape: dict = _LLM) -> None:
     vocab = tiny_tok.write_llama3_tokenizer(folder)
     bos, eos, eot = (vocab.ids[t] for t in ('<|begin_of_text|>', '<|end_of_text|>', '<|eot_id|>'))
     cfg = {
         'architectures': ['LlamaForCausalLM'], 'attention_bias': False, 'attention_dropout': 0.0,
-        'bos_token_id': bos, 'eos_token_id': eot, 'hidden_act': 'silu', **_LLM, 'initializer_range': 0.02,
+        'bos_token_id': bos, 'eos_token_id': eot, 'hidden_act': 'silu', **llm_shape, 'initializer_range': 0.02,
         'max_position_embeddings': 8192, 'mlp_bias': False, 'model_type': 'llama', 'pretraining_tp': 1,
         'rms_norm_eps': 1e-05, 'rope_scaling': None, 'rope_theta': 500000.0, 'tie_word_embeddings': False,
         'torch_dtype': 'float32', 'transformers_version': '4.40.0.dev0', 'use_cache': True,
@@ -234,9 +236,9 @@ def _internvit_shapes(vcfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _internvl2_official(folder: Path, gen: torch.Generator) -> None:
+def _internvl2_official(folder: Path, gen: torch.Generator, llm_shape: dict = _LLM) -> None:
     vocab = tiny_tok.write_internlm2_tokenizer(folder, added_tokens=tiny_tok.INTERNVL2_TOKENS)
-    llm_cfg = internlm2_config(vocab.size, vocab.ids)
+    llm_cfg = internlm2_config(vocab.size, vocab.ids, llm_shape)
     llm_cfg['_name_or_path'] = 'internlm/internlm2-chat-1_8b'
     llm_cfg['attn_implementation'] = 'flash_attention_2'
     vision_cfg = {
@@ -277,11 +279,20 @@ BUILDERS: dict[str, Callable[[Path, torch.Generator], None]] = {
 ZOO_NAMES = tuple(BUILDERS)
 
 
-def build_tiny_zoo(out_dir: str | Path, seed: int = 0, names: list[str] | None = None) -> dict[str, Path]:
+# Builders that take another LLM shape (``llm_shape``), for the head_dim-64 variants.
+_SHAPED = ('llama3_instruct', 'internvl2_official')
+
+
+def build_tiny_zoo(out_dir: str | Path, seed: int = 0, names: list[str] | None = None,
+                   llm_shape: dict | None = None) -> dict[str, Path]:
     """Build the tiny models ``names`` (default: all of :data:`ZOO_NAMES`) under ``out_dir/<name>``.
 
     Same seed, same bytes. An existing model folder is replaced. Returns ``{name: folder}``.
+    ``llm_shape`` (e.g. :data:`HEAD_DIM_64_LLM`) widens the LLM of ``llama3_instruct`` and
+    ``internvl2_official``; the default shape gives the zoo's usual bytes.
     """
+    if llm_shape is not None and set(names or ZOO_NAMES) - set(_SHAPED):
+        raise ValueError(f'llm_shape applies only to {list(_SHAPED)}')
     unknown = sorted(set(names or ()) - set(BUILDERS))
     if unknown:
         raise ValueError(f'unknown tiny model(s) {unknown}; known: {list(ZOO_NAMES)}')
@@ -293,6 +304,6 @@ def build_tiny_zoo(out_dir: str | Path, seed: int = 0, names: list[str] | None =
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-        BUILDERS[name](folder, gen)
+        BUILDERS[name](folder, gen, **({'llm_shape': llm_shape} if llm_shape is not None else {}))
         paths[name] = folder
     return paths
