@@ -255,3 +255,64 @@ def test_huggingface_internvl_export_reads_in_transformers(internvl_export, vers
     image_token_id = json.loads((folder / 'config.json').read_text())['image_token_id']
     assert_reads_like_mmllava_chat(result, tensors, internvl_export['reference'], image_token_id,
                                    version if version == '4.52.4' else transformers.__version__)
+
+
+# ----------------------------------------------------------------------------------- xtuner adapters, PEFT
+
+# Runs in a fresh process of this venv with nothing of mmllava imported (argv: LLM folder, its
+# adapter, vision folder or '', its adapter or '', inputs file, output file): plain transformers +
+# PEFT, as a user of the xtuner export would load it.
+PEFT_SCRIPT = r'''
+import json, sys, warnings
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, CLIPVisionModel
+
+llm_dir, llm_adapter, vision_dir, vision_adapter, inputs, out = sys.argv[1:7]
+inputs, outputs = load_file(inputs), {}
+with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+    warnings.simplefilter('always')
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir, torch_dtype=torch.float32).eval()
+    outputs['llm_base'] = llm(input_ids=inputs['input_ids']).logits[0]
+    llm = PeftModel.from_pretrained(llm, llm_adapter).eval()
+    outputs['llm'] = llm(input_ids=inputs['input_ids']).logits[0]
+    if vision_dir:
+        vision = CLIPVisionModel.from_pretrained(vision_dir, torch_dtype=torch.float32).eval()
+        vision = PeftModel.from_pretrained(vision, vision_adapter).eval()
+        hidden = vision(pixel_values=inputs['pixel_values'], output_hidden_states=True).hidden_states
+        outputs['vision'] = torch.stack(hidden)
+save_file({k: v.contiguous() for k, v in outputs.items()}, out)
+print(json.dumps({'warnings': [str(w.message) for w in caught if 'adapter' in str(w.message).lower()]}))
+'''
+
+
+@pytest.mark.parametrize('llava_export', ['llava_llama3', 'llava_qwen2_5'], indirect=True)
+def test_xtuner_export_adapters_load_with_plain_peft(llava_export, tiny_zoo, tmp_path):
+    """The LLM adapter on the base LLM folder and the vision adapter on the CLIP folder, loaded by
+    PEFT alone, compute what ``mmllava chat``'s model computes. (LLaVA-InternLM2's adapters name the
+    Llama modules mmllava converts InternLM2 into, so plain PEFT on InternLM2's remote code is not
+    a consumer of them.)"""
+    from safetensors.torch import load_file, save_file
+
+    export, chat_model = llava_export['root'] / 'xtuner', llava_export['chat_model']
+    has_vision_adapter = (export / 'visual_encoder_adapter').is_dir()
+    assert (export / 'llm_adapter').is_dir()
+    input_ids = chat_model.tokenizer(PROMPT, return_tensors='pt')['input_ids']
+    pixel_values = llava_export['reference']['pixel_values'].float()
+    save_file({'input_ids': input_ids.contiguous(), 'pixel_values': pixel_values.contiguous()},
+              str(tmp_path / 'inputs.safetensors'))
+    result = run_python(PEFT_SCRIPT, str(tiny_zoo[llava_export['llm']]), str(export / 'llm_adapter'),
+                        str(tiny_zoo['clip_vit']) if has_vision_adapter else '',
+                        str(export / 'visual_encoder_adapter') if has_vision_adapter else '',
+                        str(tmp_path / 'inputs.safetensors'), str(tmp_path / 'out.safetensors'))
+    assert result['warnings'] == []  # PEFT warns about adapter keys it could not place
+    foreign = load_file(str(tmp_path / 'out.safetensors'))
+    with torch.no_grad():
+        logits = chat_model.model.llm(input_ids=input_ids).logits[0]
+        assert (foreign['llm_base'] - logits).abs().max() > 100 * logits_tolerance(logits)  # the adapter matters
+        torch.testing.assert_close(foreign['llm'], logits, rtol=0, atol=logits_tolerance(logits))
+        if has_vision_adapter:
+            hidden = torch.stack(chat_model.model.visual_encoder(pixel_values, output_hidden_states=True).hidden_states)
+            torch.testing.assert_close(foreign['vision'], hidden, rtol=0, atol=logits_tolerance(hidden))
+    assert has_vision_adapter == (llava_export['family'] == 'llava_llama3')  # the Llama-3 config trains CLIP LoRA
