@@ -5,7 +5,8 @@ InternVL's own code load with ``trust_remote_code``)::
 
     config.json            the source folder's InternVLChatConfig, dtype updated, + prompt_template
     model*.safetensors     vision_model.* (packed attn.qkv), mlp1.*, language_model.* (InternLM2 names, packed wqkv)
-    *.py                   the source folder's remote code, copied
+    *.py                   the source folder's remote code, copied: every file its auto_map names
+                           (a source lacking one is refused, see check_remote_code)
     tokenizer files        the source folder's (sentencepiece + <img>, </img>, <IMG_CONTEXT>), with chat_template
     generation_config.json eos = </s> + <|im_end|>
 
@@ -65,14 +66,49 @@ def _generation_config(tokenizer, template: str, llm) -> dict:
             'pad_token_id': tokenizer.pad_token_id}
 
 
+def auto_map_files(*configs: dict) -> list[str]:
+    """The module files (``configuration_internvl_chat.py``...) that the ``auto_map`` entries of
+    ``configs`` and their sub-configs (``llm_config``...) name, sorted."""
+    files = set()
+
+    def visit(config: dict) -> None:
+        for key, value in config.items():
+            if key == 'auto_map' and isinstance(value, dict):
+                for refs in value.values():
+                    for ref in refs if isinstance(refs, list) else [refs]:
+                        if ref:  # 'module.Class' or 'repo--module.Class'
+                            files.add(ref.split('--')[-1].rsplit('.', 1)[0] + '.py')
+            elif isinstance(value, dict):
+                visit(value)
+
+    for config in configs:
+        visit(config)
+    return sorted(files)
+
+
+def check_remote_code(source: Path, official: dict) -> None:
+    """Refuse, in one line, a source folder whose ``auto_map`` (config.json, tokenizer_config.json)
+    names remote-code files it does not contain: an official export copies the source's ``*.py``
+    and would otherwise point trust_remote_code readers (vLLM, LMDeploy, transformers) at files it lacks."""
+    tokenizer_config = source / 'tokenizer_config.json'
+    configs = [official] + ([json.loads(tokenizer_config.read_text(encoding='utf-8'))]
+                            if tokenizer_config.is_file() else [])
+    missing = [name for name in auto_map_files(*configs) if not (source / name).is_file()]
+    if missing:
+        raise MMLLaVAError(f'{source}: its auto_map names remote code it does not contain ({", ".join(missing)}), '
+                           'so an official export would point at missing files: add them to the folder (they '
+                           'come with the model) or use --save-format huggingface')
+
+
 def export_official(model, tokenizer, template: str, save_dir, dtype: torch.dtype,
                     max_shard_size: str | int = '2GB') -> Path:
     """Write a merged ``InternVLModel`` in the official InternVL layout (see the module docstring)."""
     from mmllava.formats.internvl import native_to_official
 
+    source, official = Path(model.source), model.official_config
+    check_remote_code(source, official)  # before anything is written
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    source, official = Path(model.source), model.official_config
     print(f'Writing weights ({dtype_name(dtype)}) to {save_dir}', flush=True)
     save_safetensors(native_to_official(native_state(model), official), save_dir, dtype, max_shard_size)
     write_json(save_dir / 'config.json', {**_with_dtype(official, dtype), 'prompt_template': template})

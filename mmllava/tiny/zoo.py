@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from mmllava.tiny import tokenizers as tiny_tok
+from mmllava.tiny.remote_code import FILES as REMOTE_CODE_FILES
+from mmllava.tiny.remote_code import write_remote_code
 from mmllava.tiny.tokenizers import write_json
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -259,6 +261,9 @@ def _internvl2_official(folder: Path, gen: torch.Generator, llm_shape: dict = _L
     })
     write_json(folder / 'generation_config.json', {
         'bos_token_id': vocab.ids['<s>'], 'eos_token_id': [vocab.ids['</s>'], vocab.ids['<|im_end|>']]})
+    # The files auto_map names (config.json, tokenizer_config.json): our own small implementations, so
+    # the folder, and official exports of it, are complete for trust_remote_code readers.
+    write_remote_code(folder)
     # Projector: LayerNorm over the pixel-shuffled 4 x vit_hidden features, Linear, GELU, Linear.
     shuffled, llm_hidden = 4 * vision_cfg['hidden_size'], llm_cfg['hidden_size']
     shapes = {**_internvit_shapes(vision_cfg),
@@ -281,6 +286,14 @@ ZOO_NAMES = tuple(BUILDERS)
 
 # Builders that take another LLM shape (``llm_shape``), for the head_dim-64 variants.
 _SHAPED = ('llama3_instruct', 'internvl2_official')
+
+
+def is_built(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a whole tiny model of this version (weights, and the remote-code
+    files of the official InternVL2 folder, which older zoos lack)."""
+    folder = Path(folder)
+    remote = [folder / name for name in REMOTE_CODE_FILES] if folder.name == 'internvl2_official' else []
+    return (folder / 'model.safetensors').is_file() and all(path.is_file() for path in remote)
 
 
 def build_tiny_zoo(out_dir: str | Path, seed: int = 0, names: list[str] | None = None,
