@@ -316,3 +316,92 @@ def test_xtuner_export_adapters_load_with_plain_peft(llava_export, tiny_zoo, tmp
             hidden = torch.stack(chat_model.model.visual_encoder(pixel_values, output_hidden_states=True).hidden_states)
             torch.testing.assert_close(foreign['vision'], hidden, rtol=0, atol=logits_tolerance(hidden))
     assert has_vision_adapter == (llava_export['family'] == 'llava_llama3')  # the Llama-3 config trains CLIP LoRA
+
+
+# ------------------------------------------------------------------------- official InternVL, remote code
+
+# Runs in transformers 4.52.4 or 5.x (argv: official folder, prompt, max_new_tokens, file of mmllava's
+# pixel values, output file): InternVL's documented use, AutoModel/AutoTokenizer with trust_remote_code.
+REMOTE_CODE_SCRIPT = r'''
+import json, sys
+import torch, transformers
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoTokenizer, GenerationConfig
+
+folder, prompt, max_new_tokens, pixels, out = sys.argv[1:6]
+model, info = AutoModel.from_pretrained(folder, trust_remote_code=True, torch_dtype=torch.float32,
+                                        output_loading_info=True)
+model.eval()
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True, use_fast=False)
+model.img_context_token_id = tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>')
+pixels = load_file(pixels)['pixel_values']
+query = tokenizer.apply_chat_template([{'role': 'user', 'content': '<image>\n' + prompt}], tokenize=False,
+                                      add_generation_prompt=True)
+query = query.replace('<image>', '<img>' + '<IMG_CONTEXT>' * model.num_image_token * len(pixels) + '</img>', 1)
+enc = tokenizer(query, return_tensors='pt', add_special_tokens=False)
+settings = dict(max_new_tokens=int(max_new_tokens), do_sample=False,
+                eos_token_id=GenerationConfig.from_pretrained(folder).eos_token_id)
+with torch.no_grad():
+    logits = model(pixel_values=pixels, input_ids=enc['input_ids']).logits[0]
+    new_ids = model.generate(pixels, enc['input_ids'], enc['attention_mask'], **settings)[0].tolist()
+    answer = model.chat(tokenizer, pixels, prompt, settings)
+save_file({'logits': logits.contiguous()}, out)
+print(json.dumps({'version': transformers.__version__, 'class': type(model).__name__,
+                  'loading': {k: sorted(map(str, v)) for k, v in info.items()},
+                  'input_ids': enc['input_ids'][0].tolist(), 'new_ids': new_ids, 'answer': answer}))
+'''
+
+
+def test_official_internvl_export_contains_every_file_its_auto_map_names(internvl_export):
+    from mmllava.convert.internvl_export import auto_map_files
+
+    folder = internvl_export['root'] / 'official'
+    configs = [json.loads((folder / name).read_text()) for name in ('config.json', 'tokenizer_config.json')]
+    named = auto_map_files(*configs)
+    assert {'configuration_internvl_chat.py', 'modeling_internvl_chat.py', 'configuration_internlm2.py',
+            'modeling_internlm2.py', 'tokenization_internlm2.py', 'tokenization_internlm2_fast.py'} <= set(named)
+    assert [name for name in named if not (folder / name).is_file()] == []
+
+
+def test_official_internvl_export_refuses_a_source_without_its_remote_code(internvl_export, tiny_zoo, tmp_path,
+                                                                          capsys):
+    import shutil
+
+    source = tmp_path / 'internvl2_no_code'  # as the tiny zoo was written before it had its own files
+    shutil.copytree(tiny_zoo['internvl2_official'], source, ignore=shutil.ignore_patterns('*.py'))
+    capsys.readouterr()
+    code = main(['convert', 'pth_to_hf', INTERNVL_CONFIG, str(internvl_export['root'] / 'iter_5.pth'),
+                 str(tmp_path / 'out'),
+                 '--cfg-options', f'path={source}', f'data_root={REPO}/data/synthetic/'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and not (tmp_path / 'out').exists()
+    assert err[-1] == (
+        f'mmllava convert: error: {source}: its auto_map names remote code it does not contain (configuration_internlm2.py, '
+        'configuration_internvl_chat.py, modeling_internlm2.py, modeling_internvl_chat.py, tokenization_internlm2.py, '
+        'tokenization_internlm2_fast.py), so an official export would point at missing files: add them to the '
+        'folder (they come with the model) or use --save-format huggingface')
+
+
+@pytest.mark.parametrize('version', ['4.52.4', '5'])
+def test_official_internvl_export_runs_with_trust_remote_code(internvl_export, version, transformers4, tmp_path):
+    """The remote code the export ships (our own for the tiny zoo) loads every weight and computes
+    mmllava chat's logits and greedy tokens, through the export's own chat template."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    reference = internvl_export['reference']
+    save_file({'pixel_values': reference['pixel_values'].float().contiguous()}, str(tmp_path / 'pixels.safetensors'))
+    result = run_python(REMOTE_CODE_SCRIPT, str(internvl_export['root'] / 'official'), PROMPT, str(MAX_NEW_TOKENS),
+                        str(tmp_path / 'pixels.safetensors'), str(tmp_path / 'out.safetensors'),
+                        pythonpath=transformers4 if version == '4.52.4' else None)
+    assert result['version'] == (version if version == '4.52.4' else transformers.__version__)
+    assert result['class'] == 'InternVLChatModel'
+    assert result['loading'] == {'missing_keys': [], 'unexpected_keys': [], 'mismatched_keys': [], 'error_msgs': []}
+    tokenizer = internvl_export['chat_model'].tokenizer
+    context_id = tokenizer.convert_tokens_to_ids('<IMG_CONTEXT>')
+    assert result['input_ids'] == [context_id if i == IMAGE_TOKEN_INDEX else i
+                                   for i in reference['input_ids'][0].tolist()]
+    logits = load_file(str(tmp_path / 'out.safetensors'))['logits']
+    torch.testing.assert_close(logits, reference['logits'], rtol=0, atol=logits_tolerance(reference['logits']))
+    assert result['new_ids'] == reference['new_ids'] and len(result['new_ids']) > 0
+    assert result['answer'] == tokenizer.decode(reference['new_ids'], skip_special_tokens=True).strip()
