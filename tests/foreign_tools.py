@@ -43,8 +43,8 @@ def run_python(code: str, *args: str, pythonpath: Path | Sequence[Path] | None =
     if pythonpath is not None:
         folders = [pythonpath] if isinstance(pythonpath, (str, Path)) else list(pythonpath)
         env['PYTHONPATH'] = os.pathsep.join([*map(str, folders), env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
-    result = subprocess.run([str(python or sys.executable), '-c', code, *map(str, args)], capture_output=True, text=True,
-                            env=env, timeout=timeout)
+    result = subprocess.run([str(python or sys.executable), '-c', code, *map(str, args)], capture_output=True,
+                            text=True, env=env, timeout=timeout)
     assert result.returncode == 0, f'foreign process failed (exit {result.returncode}):\n{result.stderr[-4000:]}'
     lines = result.stdout.strip().splitlines()
     assert lines, f'foreign process printed nothing:\n{result.stderr[-2000:]}'

@@ -373,14 +373,13 @@ def test_official_internvl_export_refuses_a_source_without_its_remote_code(inter
     shutil.copytree(tiny_zoo['internvl2_official'], source, ignore=shutil.ignore_patterns('*.py'))
     capsys.readouterr()
     code = main(['convert', 'pth_to_hf', INTERNVL_CONFIG, str(internvl_export['root'] / 'iter_5.pth'),
-                 str(tmp_path / 'out'),
-                 '--cfg-options', f'path={source}', f'data_root={REPO}/data/synthetic/'])
+                 str(tmp_path / 'out'), '--cfg-options', f'path={source}', f'data_root={REPO}/data/synthetic/'])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and not (tmp_path / 'out').exists()
     assert err[-1] == (
-        f'mmllava convert: error: {source}: its auto_map names remote code it does not contain (configuration_internlm2.py, '
-        'configuration_internvl_chat.py, modeling_internlm2.py, modeling_internvl_chat.py, tokenization_internlm2.py, '
-        'tokenization_internlm2_fast.py), so an official export would point at missing files: add them to the '
+        f'mmllava convert: error: {source}: its auto_map names remote code it does not contain '
+        '(configuration_internlm2.py, configuration_internvl_chat.py, modeling_internlm2.py, '
+        'modeling_internvl_chat.py, tokenization_internlm2.py, tokenization_internlm2_fast.py), so an official export would point at missing files: add them to the '
         'folder (they come with the model) or use --save-format huggingface')
 
 

@@ -124,4 +124,5 @@ class InternVisionModel(PreTrainedModel):
         for layer in self.encoder.layers:
             x = layer(x)
             hidden_states.append(x)
-        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if output_hidden_states else None)
+        return BaseModelOutput(last_hidden_state=x,
+                               hidden_states=tuple(hidden_states) if output_hidden_states else None)
