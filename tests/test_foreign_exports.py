@@ -379,8 +379,9 @@ def test_official_internvl_export_refuses_a_source_without_its_remote_code(inter
     assert err[-1] == (
         f'mmllava convert: error: {source}: its auto_map names remote code it does not contain '
         '(configuration_internlm2.py, configuration_internvl_chat.py, modeling_internlm2.py, '
-        'modeling_internvl_chat.py, tokenization_internlm2.py, tokenization_internlm2_fast.py), so an official export would point at missing files: add them to the '
-        'folder (they come with the model) or use --save-format huggingface')
+        'modeling_internvl_chat.py, tokenization_internlm2.py, tokenization_internlm2_fast.py), so an official '
+        'export would point at missing files: add them to the folder (they come with the model) or use '
+        '--save-format huggingface')
 
 
 @pytest.mark.parametrize('version', ['4.52.4', '5'])
