@@ -25,11 +25,11 @@ def tiny_zoo(tmp_path_factory) -> dict[str, Path]:
     Set ``MMLLAVA_TINY_ZOO=DIR`` to reuse a zoo across sessions: models missing there are built
     into it (``python tools/make_tiny_zoo.py DIR`` prebuilds it).
     """
-    from mmllava.tiny.zoo import ZOO_NAMES, build_tiny_zoo
+    from mmllava.tiny.zoo import ZOO_NAMES, build_tiny_zoo, is_built
 
     cached = os.environ.get('MMLLAVA_TINY_ZOO')
     root = Path(cached) if cached else tmp_path_factory.mktemp('tiny_zoo')
-    missing = [name for name in ZOO_NAMES if not (root / name / 'model.safetensors').is_file()]
+    missing = [name for name in ZOO_NAMES if not is_built(root / name)]
     if missing:
         build_tiny_zoo(root, names=missing)
     return {name: root / name for name in ZOO_NAMES}

@@ -13,17 +13,19 @@ FINETUNE = 'llava_tiny_internlm2_chat_qlora_clip_finetune'
 PRETRAIN = 'llava_tiny_internlm2_chat_clip_pretrain'
 
 
-def cfg_options(zoo: dict, qlora: bool = True) -> list[str]:
-    """``--cfg-options`` pointing a tiny config at the zoo (and turning QLoRA into LoRA)."""
-    options = [f'llm_name_or_path={zoo["internlm2_chat"]}', f'visual_encoder_name_or_path={zoo["clip_vit"]}']
+def cfg_options(zoo: dict, qlora: bool = True, llm: str = 'internlm2_chat') -> list[str]:
+    """``--cfg-options`` pointing a tiny config at the zoo's ``llm`` (and turning QLoRA into LoRA)."""
+    options = [f'llm_name_or_path={zoo[llm]}', f'visual_encoder_name_or_path={zoo["clip_vit"]}']
     return options + ([] if qlora else ['model.llm.quantization_config=None'])
 
 
-def make_checkpoint(zoo: dict, path: Path, config: str = FINETUNE, qlora: bool = True, scale: float = 0.05):
-    """Build the config's model, perturb its trained weights, save them as ``path``; returns the model."""
+def make_checkpoint(zoo: dict, path: Path, config: str = FINETUNE, qlora: bool = True, scale: float = 0.05,
+                    llm: str = 'internlm2_chat'):
+    """Build the config's model (on the zoo's ``llm``), perturb its trained weights, save them as
+    ``path``; returns the model."""
     from mmllava.config import build, load_config, parse_cfg_options
 
-    cfg = load_config(config, parse_cfg_options(cfg_options(zoo, qlora)))
+    cfg = load_config(config, parse_cfg_options(cfg_options(zoo, qlora, llm)))
     cfg.model.pretrained_pth = None
     model = build(cfg.model).eval()
     gen = torch.Generator().manual_seed(1)

@@ -2,9 +2,13 @@
 
 Serving engines (vLLM, LMDeploy, transformers' ``apply_chat_template``) take the prompt format from
 the tokenizer, so an export must render exactly what ``mmllava.templates.render_prompt`` renders:
-the same role markers, the default system prompt, and ``<image>`` moved to the front of the user's
-text followed by a newline. Message content may be a string (with ``<image>`` placeholders) or a
-list of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts.
+the same role markers, the default system prompt, and the image placeholder moved to the front of
+the user's text followed by a newline. Message content may be a string (with image placeholders) or
+a list of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts.
+
+The placeholder is the one the export's processor expands: ``<image>`` for LLaVA (and for official
+InternVL folders, whose own code and vLLM replace ``<image>``), ``<IMG_CONTEXT>`` for transformers'
+``InternVLProcessor``, which expands only its tokenizer's ``context_image_token``.
 """
 from __future__ import annotations
 
@@ -19,13 +23,14 @@ def _literal(text: str) -> str:
     return '{{ ' + json.dumps(text) + ' }}' if text else ''
 
 
-def jinja_chat_template(template: str | PromptTemplate) -> str:
-    """The Jinja source rendering ``template`` (user turns already end with the assistant header,
-    as in XTuner's templates, so ``add_generation_prompt`` adds nothing)."""
+def jinja_chat_template(template: str | PromptTemplate, image_token: str = DEFAULT_IMAGE_TOKEN) -> str:
+    """The Jinja source rendering ``template`` with ``image_token`` as the image placeholder (user
+    turns already end with the assistant header, as in XTuner's templates, so
+    ``add_generation_prompt`` adds nothing)."""
     t = get_template(template)
     system_before, has_system, system_after = t.system.partition('{system}')
     input_before, _, input_after = t.instruction.partition('{input}')
-    image = json.dumps(DEFAULT_IMAGE_TOKEN)
+    image = json.dumps(image_token)
     words = "''" if t.images_only_input else f'text.replace({image}, "").strip()'
     return ''.join([
         '{%- set ns = namespace(system=' + json.dumps(t.default_system or '') + ', first=true) -%}',

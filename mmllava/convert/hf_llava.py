@@ -21,8 +21,8 @@ import torch
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.convert.chat_template import jinja_chat_template
 from mmllava.convert.folders import llm_state
-from mmllava.convert.legacy import (clip_vision_state, dtype_name, image_processor_dict, legacy_config_dict,
-                                    save_image_processor, save_tokenizer, write_json)
+from mmllava.convert.legacy import (clip_vision_state, dtype_name, legacy_config_dict, save_image_processor,
+                                    save_tokenizer, write_json)
 from mmllava.convert.shards import save_safetensors
 from mmllava.errors import MMLLaVAError
 from mmllava.formats.llava import projector_to_hf
@@ -52,9 +52,15 @@ def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([weight, mean.expand(rows - weight.shape[0], -1)])
 
 
-def stop_token_ids(tokenizer, template) -> list[int]:
-    """The tokenizer's EOS and every stop word of ``template`` that is a single token."""
+def stop_token_ids(tokenizer, template, llm=None) -> list[int]:
+    """The tokenizer's EOS, the EOS ids of ``llm``'s generation config (e.g. Llama-3's
+    ``<|end_of_text|>`` besides ``<|eot_id|>``) and every stop word of ``template`` that is a single
+    token: the ids ``mmllava chat`` stops at, so engines reading the export stop where it does."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    declared = getattr(getattr(llm, 'generation_config', None), 'eos_token_id', None)
+    for token_id in declared if isinstance(declared, list) else [declared]:
+        if token_id is not None and token_id not in ids:
+            ids.append(token_id)
     for word in get_template(template).stop_words:
         word_ids = tokenizer.encode(word, add_special_tokens=False)
         if len(word_ids) == 1 and word_ids[0] not in ids:
@@ -70,8 +76,10 @@ def save_llava_processor(save_dir: Path, tokenizer, image_processor, patch_size:
     """
     save_tokenizer(tokenizer, save_dir, jinja_chat_template(template), processor_class=PROCESSOR_CLASS)
     save_image_processor(image_processor, save_dir, processor_class=PROCESSOR_CLASS)
+    # Flat (4.x) form: transformers 5 nests the image processor here, and 4.52's AutoProcessor then
+    # passes it twice (``LlavaProcessor.__init__() got multiple values for argument 'image_processor'``);
+    # both versions read the image processor from preprocessor_config.json.
     write_json(save_dir / 'processor_config.json', {
-        'image_processor': image_processor_dict(image_processor),
         'image_token': DEFAULT_IMAGE_TOKEN,
         'num_additional_image_tokens': 1,
         'patch_size': patch_size,
@@ -132,7 +140,7 @@ def export_hf_llava(model, tokenizer, image_processor, template, save_dir, dtype
     })
     write_json(save_dir / 'generation_config.json', {
         'bos_token_id': tokenizer.bos_token_id,
-        'eos_token_id': stop_token_ids(tokenizer, template),
+        'eos_token_id': stop_token_ids(tokenizer, template, llm),
         'pad_token_id': tokenizer.pad_token_id,
     })
     save_llava_processor(save_dir, tokenizer, image_processor, patch_size, template)

@@ -5,7 +5,8 @@ InternVL's own code load with ``trust_remote_code``)::
 
     config.json            the source folder's InternVLChatConfig, dtype updated, + prompt_template
     model*.safetensors     vision_model.* (packed attn.qkv), mlp1.*, language_model.* (InternLM2 names, packed wqkv)
-    *.py                   the source folder's remote code, copied
+    *.py                   the source folder's remote code, copied: every file its auto_map names
+                           (a source lacking one is refused, see check_remote_code)
     tokenizer files        the source folder's (sentencepiece + <img>, </img>, <IMG_CONTEXT>), with chat_template
     generation_config.json eos = </s> + <|im_end|>
 
@@ -60,9 +61,43 @@ def _with_dtype(config: dict, dtype: torch.dtype) -> dict:
     return config
 
 
-def _generation_config(tokenizer, template: str) -> dict:
-    return {'bos_token_id': tokenizer.bos_token_id, 'eos_token_id': stop_token_ids(tokenizer, template),
+def _generation_config(tokenizer, template: str, llm) -> dict:
+    return {'bos_token_id': tokenizer.bos_token_id, 'eos_token_id': stop_token_ids(tokenizer, template, llm),
             'pad_token_id': tokenizer.pad_token_id}
+
+
+def auto_map_files(*configs: dict) -> list[str]:
+    """The module files (``configuration_internvl_chat.py``...) that the ``auto_map`` entries of
+    ``configs`` and their sub-configs (``llm_config``...) name, sorted."""
+    files = set()
+
+    def visit(config: dict) -> None:
+        for key, value in config.items():
+            if key == 'auto_map' and isinstance(value, dict):
+                for refs in value.values():
+                    for ref in refs if isinstance(refs, list) else [refs]:
+                        if ref:  # 'module.Class' or 'repo--module.Class'
+                            files.add(ref.split('--')[-1].rsplit('.', 1)[0] + '.py')
+            elif isinstance(value, dict):
+                visit(value)
+
+    for config in configs:
+        visit(config)
+    return sorted(files)
+
+
+def check_remote_code(source: Path, official: dict) -> None:
+    """Refuse, in one line, a source folder whose ``auto_map`` (config.json, tokenizer_config.json)
+    names remote-code files it does not contain: an official export copies the source's ``*.py``
+    and would otherwise point trust_remote_code readers (vLLM, LMDeploy, transformers) at files it lacks."""
+    tokenizer_config = source / 'tokenizer_config.json'
+    configs = [official] + ([json.loads(tokenizer_config.read_text(encoding='utf-8'))]
+                            if tokenizer_config.is_file() else [])
+    missing = [name for name in auto_map_files(*configs) if not (source / name).is_file()]
+    if missing:
+        raise MMLLaVAError(f'{source}: its auto_map names remote code it does not contain ({", ".join(missing)}), '
+                           'so an official export would point at missing files: add them to the folder (they '
+                           'come with the model) or use --save-format huggingface')
 
 
 def export_official(model, tokenizer, template: str, save_dir, dtype: torch.dtype,
@@ -70,13 +105,14 @@ def export_official(model, tokenizer, template: str, save_dir, dtype: torch.dtyp
     """Write a merged ``InternVLModel`` in the official InternVL layout (see the module docstring)."""
     from mmllava.formats.internvl import native_to_official
 
+    source, official = Path(model.source), model.official_config
+    check_remote_code(source, official)  # before anything is written
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    source, official = Path(model.source), model.official_config
     print(f'Writing weights ({dtype_name(dtype)}) to {save_dir}', flush=True)
     save_safetensors(native_to_official(native_state(model), official), save_dir, dtype, max_shard_size)
     write_json(save_dir / 'config.json', {**_with_dtype(official, dtype), 'prompt_template': template})
-    write_json(save_dir / 'generation_config.json', _generation_config(tokenizer, template))
+    write_json(save_dir / 'generation_config.json', _generation_config(tokenizer, template, model.llm))
     for path in [*source.glob('*.py'), *(source / name for name in _TOKENIZER_FILES)]:
         if path.is_file():
             shutil.copyfile(path, save_dir / path.name)
@@ -105,7 +141,7 @@ def export_huggingface(model, tokenizer, image_processor, template: str, save_di
     config['vision_config'] = legacy_config_dict(native.vision_config, dtype)
     config.update(dtype=dtype_name(dtype), torch_dtype=dtype_name(dtype), prompt_template=template)
     write_json(save_dir / 'config.json', config)
-    write_json(save_dir / 'generation_config.json', _generation_config(tokenizer, template))
+    write_json(save_dir / 'generation_config.json', _generation_config(tokenizer, template, model.llm))
     _save_processor(tokenizer, image_processor, native.image_seq_length, template, save_dir)
     return save_dir
 
@@ -115,11 +151,16 @@ def _save_processor(tokenizer, image_processor, image_seq_length: int, template:
 
     transformers' ``GotOcr2ImageProcessor`` tiles with its own grid rule, which can pick another grid
     than InternVL's for some aspect ratios; ``mmllava chat`` on the official export tiles exactly."""
-    save_tokenizer(tokenizer, save_dir, jinja_chat_template(template), processor_class=PROCESSOR_CLASS)
+    # InternVLProcessor expands only <IMG_CONTEXT> (its tokenizer's context_image_token), not <image>.
+    save_tokenizer(tokenizer, save_dir, jinja_chat_template(template, IMG_CONTEXT_TOKEN),
+                   processor_class=PROCESSOR_CLASS)
     tokenizer_config = save_dir / 'tokenizer_config.json'
     data = json.loads(tokenizer_config.read_text(encoding='utf-8'))
-    data.update(start_image_token=IMG_START_TOKEN, end_image_token=IMG_END_TOKEN,
-                context_image_token=IMG_CONTEXT_TOKEN, video_token='<video>')
+    named = dict(start_image_token=IMG_START_TOKEN, end_image_token=IMG_END_TOKEN,
+                 context_image_token=IMG_CONTEXT_TOKEN, video_token='<video>')
+    # 5.x reads the named tokens at the top level, 4.x only from an ``extra_special_tokens`` dict
+    # (5.x merges that dict too); the unnamed extra tokens are in additional_special_tokens (save_tokenizer).
+    data.update(named, extra_special_tokens=named)
     write_json(tokenizer_config, data)
     size = image_processor.image_size
     settings = {
@@ -130,8 +171,10 @@ def _save_processor(tokenizer, image_processor, image_seq_length: int, template:
         'image_mean': image_processor.image_mean.tolist(), 'image_std': image_processor.image_std.tolist(),
         'do_convert_rgb': True}
     write_json(save_dir / 'preprocessor_config.json', settings)
+    # Flat (4.x) form, as for LLaVA (mmllava.convert.hf_llava.save_llava_processor): a nested image
+    # processor is passed twice by 4.52's AutoProcessor.
     write_json(save_dir / 'processor_config.json',
-               {'processor_class': PROCESSOR_CLASS, 'image_seq_length': image_seq_length, 'image_processor': settings})
+               {'processor_class': PROCESSOR_CLASS, 'image_seq_length': image_seq_length})
 
 
 def export_internvl(model, tokenizer, image_processor, save_format: str, save_dir, dtype: torch.dtype,

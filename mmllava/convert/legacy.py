@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 
 _GENERIC_TOKENIZER_CLASSES = (None, 'TokenizersBackend')
+# Keys transformers 5 writes into tokenizer_config.json that say nothing about the tokenizer (loading
+# state, the backend name); 4.x would pass them on to the tokenizer's __init__.
+_TOKENIZER_RUNTIME_KEYS = ('backend', 'is_local', 'local_files_only')
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -84,7 +87,11 @@ def save_image_processor(image_processor, save_dir: Path, processor_class: str |
 def save_tokenizer(tokenizer, save_dir: Path, chat_template: str | None = None,
                    processor_class: str | None = None) -> None:
     """``tokenizer.save_pretrained`` with a class name older versions know, no remote code, and the
-    chat template also inside ``tokenizer_config.json`` (where versions before 4.43 look)."""
+    chat template also inside ``tokenizer_config.json`` (where versions before 4.43 look).
+
+    transformers 5 lists extra special tokens as a list under ``extra_special_tokens``, a key 4.x
+    reads as a ``{name: token}`` dict (a list fails with ``'list' object has no attribute 'keys'``):
+    they are written as ``additional_special_tokens``, the name both versions read as a list."""
     save_dir = Path(save_dir)
     if chat_template is not None:
         tokenizer.chat_template = chat_template
@@ -94,6 +101,14 @@ def save_tokenizer(tokenizer, save_dir: Path, chat_template: str | None = None,
     if config.get('tokenizer_class') in _GENERIC_TOKENIZER_CLASSES:
         config['tokenizer_class'] = 'PreTrainedTokenizerFast'
     config.pop('auto_map', None)
+    for key in _TOKENIZER_RUNTIME_KEYS:
+        config.pop(key, None)
+    extra = config.get('extra_special_tokens')
+    if isinstance(extra, list):
+        del config['extra_special_tokens']
+        config['additional_special_tokens'] = [str(t) for t in extra]
+    # 4.x's PreTrainedTokenizerFast also returns token_type_ids, which generate() refuses for LLMs.
+    config.setdefault('model_input_names', ['input_ids', 'attention_mask'])
     if tokenizer.chat_template:
         config['chat_template'] = tokenizer.chat_template
     if processor_class:

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from mmllava.tiny import tokenizers as tiny_tok
+from mmllava.tiny.remote_code import FILES as REMOTE_CODE_FILES
+from mmllava.tiny.remote_code import write_remote_code
 from mmllava.tiny.tokenizers import write_json
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -33,6 +35,8 @@ INTERNVL_AUTO_MAP = {
 }
 # Tiny LLM shape shared by the families: GQA with 2 queries per KV head so packing/splitting is exercised.
 _LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+# The same with head_dim 64, for engines whose attention kernels need head_dim >= 32 (vLLM on CPU).
+HEAD_DIM_64_LLM = dict(_LLM, hidden_size=256, intermediate_size=512)
 
 
 def _random_weights(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -71,7 +75,7 @@ def native_shapes(config, model_class, skip: tuple[str, ...] = ()) -> dict[str, 
 # ---------------------------------------------------------------------------------------------- InternLM2
 
 
-def internlm2_config(vocab_size: int, ids: dict[str, int]) -> dict:
+def internlm2_config(vocab_size: int, ids: dict[str, int], llm_shape: dict = _LLM) -> dict:
     """``config.json`` of the tiny internlm2-chat (field names and values of the real 1.8B, tiny sizes)."""
     return {
         'architectures': ['InternLM2ForCausalLM'],
@@ -81,7 +85,7 @@ def internlm2_config(vocab_size: int, ids: dict[str, int]) -> dict:
         'bos_token_id': ids['<s>'],
         'eos_token_id': ids['</s>'],
         'hidden_act': 'silu',
-        **_LLM,
+        **llm_shape,
         'initializer_range': 0.02,
         'max_position_embeddings': 32768,
         'model_type': 'internlm2',
@@ -144,12 +148,12 @@ def _native_llm(folder: Path, gen: torch.Generator, cfg: dict, generation: dict)
     _save_weights(folder, _random_weights(native_shapes(config, AutoModelForCausalLM.from_config, skip), gen))
 
 
-def _llama3_instruct(folder: Path, gen: torch.Generator) -> None:
+def _llama3_instruct(folder: Path, gen: torch.Generator, llm_shape: dict = _LLM) -> None:
     vocab = tiny_tok.write_llama3_tokenizer(folder)
     bos, eos, eot = (vocab.ids[t] for t in ('<|begin_of_text|>', '<|end_of_text|>', '<|eot_id|>'))
     cfg = {
         'architectures': ['LlamaForCausalLM'], 'attention_bias': False, 'attention_dropout': 0.0,
-        'bos_token_id': bos, 'eos_token_id': eot, 'hidden_act': 'silu', **_LLM, 'initializer_range': 0.02,
+        'bos_token_id': bos, 'eos_token_id': eot, 'hidden_act': 'silu', **llm_shape, 'initializer_range': 0.02,
         'max_position_embeddings': 8192, 'mlp_bias': False, 'model_type': 'llama', 'pretraining_tp': 1,
         'rms_norm_eps': 1e-05, 'rope_scaling': None, 'rope_theta': 500000.0, 'tie_word_embeddings': False,
         'torch_dtype': 'float32', 'transformers_version': '4.40.0.dev0', 'use_cache': True,
@@ -234,9 +238,9 @@ def _internvit_shapes(vcfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _internvl2_official(folder: Path, gen: torch.Generator) -> None:
+def _internvl2_official(folder: Path, gen: torch.Generator, llm_shape: dict = _LLM) -> None:
     vocab = tiny_tok.write_internlm2_tokenizer(folder, added_tokens=tiny_tok.INTERNVL2_TOKENS)
-    llm_cfg = internlm2_config(vocab.size, vocab.ids)
+    llm_cfg = internlm2_config(vocab.size, vocab.ids, llm_shape)
     llm_cfg['_name_or_path'] = 'internlm/internlm2-chat-1_8b'
     llm_cfg['attn_implementation'] = 'flash_attention_2'
     vision_cfg = {
@@ -257,6 +261,9 @@ def _internvl2_official(folder: Path, gen: torch.Generator) -> None:
     })
     write_json(folder / 'generation_config.json', {
         'bos_token_id': vocab.ids['<s>'], 'eos_token_id': [vocab.ids['</s>'], vocab.ids['<|im_end|>']]})
+    # The files auto_map names (config.json, tokenizer_config.json): our own small implementations, so
+    # the folder, and official exports of it, are complete for trust_remote_code readers.
+    write_remote_code(folder)
     # Projector: LayerNorm over the pixel-shuffled 4 x vit_hidden features, Linear, GELU, Linear.
     shuffled, llm_hidden = 4 * vision_cfg['hidden_size'], llm_cfg['hidden_size']
     shapes = {**_internvit_shapes(vision_cfg),
@@ -277,11 +284,28 @@ BUILDERS: dict[str, Callable[[Path, torch.Generator], None]] = {
 ZOO_NAMES = tuple(BUILDERS)
 
 
-def build_tiny_zoo(out_dir: str | Path, seed: int = 0, names: list[str] | None = None) -> dict[str, Path]:
+# Builders that take another LLM shape (``llm_shape``), for the head_dim-64 variants.
+_SHAPED = ('llama3_instruct', 'internvl2_official')
+
+
+def is_built(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a whole tiny model of this version (weights, and the remote-code
+    files of the official InternVL2 folder, which older zoos lack)."""
+    folder = Path(folder)
+    remote = [folder / name for name in REMOTE_CODE_FILES] if folder.name == 'internvl2_official' else []
+    return (folder / 'model.safetensors').is_file() and all(path.is_file() for path in remote)
+
+
+def build_tiny_zoo(out_dir: str | Path, seed: int = 0, names: list[str] | None = None,
+                   llm_shape: dict | None = None) -> dict[str, Path]:
     """Build the tiny models ``names`` (default: all of :data:`ZOO_NAMES`) under ``out_dir/<name>``.
 
     Same seed, same bytes. An existing model folder is replaced. Returns ``{name: folder}``.
+    ``llm_shape`` (e.g. :data:`HEAD_DIM_64_LLM`) widens the LLM of ``llama3_instruct`` and
+    ``internvl2_official``; the default shape gives the zoo's usual bytes.
     """
+    if llm_shape is not None and set(names or ZOO_NAMES) - set(_SHAPED):
+        raise ValueError(f'llm_shape applies only to {list(_SHAPED)}')
     unknown = sorted(set(names or ()) - set(BUILDERS))
     if unknown:
         raise ValueError(f'unknown tiny model(s) {unknown}; known: {list(ZOO_NAMES)}')
@@ -293,6 +317,6 @@ def build_tiny_zoo(out_dir: str | Path, seed: int = 0, names: list[str] | None =
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-        BUILDERS[name](folder, gen)
+        BUILDERS[name](folder, gen, **({'llm_shape': llm_shape} if llm_shape is not None else {}))
         paths[name] = folder
     return paths
