@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerances import rounding_tolerance
 
 from mmllava.bench.report import FIELDS
 from mmllava.cli import main
@@ -70,7 +71,12 @@ def test_bench_under_deepspeed_trains_both_loops_alike(tiny_zoo, tmp_path, capsy
     assert result['deepspeed'] == 'zero2'
     losses = result['framework']['losses']
     assert len(losses) == 3 and losses[-1] < losses[0]
-    assert result['reference']['losses'] == pytest.approx(losses, abs=1e-6)
+    # Same kernels on this CPU; ZeRO-2 sums the gradient norm (clipping) of the projector's
+    # 2 x (64 x 64 + 64) parameters in another order (flat buffer): one fp32 rounding of that sum
+    # per step, scaling the update.
+    for step, (got, expected) in enumerate(zip(result['reference']['losses'], losses)):
+        assert got == pytest.approx(expected, abs=rounding_tolerance(torch.float32, 2 * (64 * 64 + 64), expected,
+                                                                     sequential=step + 1))
     assert 'DeepSpeed zero2' in capsys.readouterr().out
     # the world of one is gone with its launcher variables and DeepSpeed's cached groups: DeepSpeed
     # runs again in this process (it failed with "Group ... is not registered" before)
