@@ -11,6 +11,7 @@ from tolerances import rounding_tolerance
 
 from mmllava.bench.report import FIELDS
 from mmllava.cli import main
+from mmllava.engine.machine import format_machine_facts, machine_facts
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = 'llava_tiny_internlm2_chat_clip_pretrain'
@@ -52,6 +53,8 @@ def test_bench_reports_every_field(tiny_zoo, tmp_path, capsys):
     table = capsys.readouterr().out
     assert 'framework / bare loop' in table and 'real tok/s' in table
     assert 'losses of the two loops: largest difference 0.00e+00 over 4 steps' in table
+    # the machine it ran on, so a number is matched to the kind of CPU that gave it
+    assert result['machine'] == machine_facts() and format_machine_facts(result['machine']) in table
     # FLOPs counted in the first warm-up step of each loop, per real token: the same in both, and
     # at least a forward and an input-gradient pass (4 FLOPs per weight) through every LLM layer
     # (the projector trains, below the LLM), at most 12 per weight of the LLM, CLIP and projector
