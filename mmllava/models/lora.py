@@ -79,8 +79,6 @@ def keep_4bit_training_layout(*modules: nn.Module) -> int:
     bnb = sys.modules.get('bitsandbytes')
     if bnb is None:  # no Linear4bit can exist before bitsandbytes is imported
         return 0
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
     unpacked = 0
     for module in modules:
         for layer in module.modules():
@@ -89,7 +87,13 @@ def keep_4bit_training_layout(*modules: nn.Module) -> int:
             layer.support_avx512bf16_for_cpu = False
             weight = layer.weight
             if getattr(getattr(weight, 'quant_state', None), 'packing_format_for_cpu', False):
+                # only the bitsandbytes versions that pack have the inverse
+                from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
                 weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data,
                                                                                         weight.quant_state)
                 unpacked += 1
+    if unpacked:
+        warnings.warn(f'{unpacked} bitsandbytes 4-bit weights were packed for CPU inference and are unpacked '
+                      'for training (their double-quantised absmax re-quantised from its bf16 copy)', stacklevel=2)
     return unpacked
