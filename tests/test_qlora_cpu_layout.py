@@ -95,9 +95,8 @@ def _train(model, batch):
 
 
 def test_chat_evaluation_before_training_leaves_losses_and_gradients_unchanged(tiny_zoo, tmp_path):
-    from bitsandbytes.functional import has_avx512bf16
-
-    logging.getLogger('test_qlora_cpu_layout').info('AVX512-BF16: %s', has_avx512bf16())
+    # Meaningful where bitsandbytes.functional.has_avx512bf16() (there it fails without the fix);
+    # elsewhere the same assertions hold and guard the hook against any other state it could leave.
     cfg = _cfg(tiny_zoo)
     batch = _batch(cfg)
     plain_losses, plain_grads = _train(_model(cfg), batch)
@@ -112,9 +111,10 @@ def test_chat_evaluation_before_training_leaves_losses_and_gradients_unchanged(t
     assert [float(x) for x in losses] == [float(x) for x in plain_losses]
     for step, (got, expected) in enumerate(zip(grads, plain_grads)):
         assert got.keys() == expected.keys()
-        lora_grads_that_differ = [n for n in expected if not torch.equal(got[n], expected[n])]
-        assert lora_grads_that_differ == [], f'step {step}'
-    assert any('lora_A' in n and expected[n].abs().max() > 0 for n in plain_grads[0])
+        differing = [n for n in expected if not torch.equal(got[n], expected[n])]
+        assert differing == [], f'step {step}'
+    first = plain_grads[0]
+    assert any('lora_A' in n and first[n].abs().max() > 0 for n in first)  # gradients through the 4-bit layers
 
 
 def test_no_linear4bit_of_a_training_model_can_take_the_packed_cpu_path(tiny_zoo, tmp_path):
