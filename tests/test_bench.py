@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerances import rounding_tolerance
 
 from mmllava.bench.report import FIELDS
 from mmllava.cli import main
+from mmllava.engine.machine import format_machine_facts, machine_facts
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = 'llava_tiny_internlm2_chat_clip_pretrain'
@@ -51,6 +53,8 @@ def test_bench_reports_every_field(tiny_zoo, tmp_path, capsys):
     table = capsys.readouterr().out
     assert 'framework / bare loop' in table and 'real tok/s' in table
     assert 'losses of the two loops: largest difference 0.00e+00 over 4 steps' in table
+    # the machine it ran on, so a number is matched to the kind of CPU that gave it
+    assert result['machine'] == machine_facts() and format_machine_facts(result['machine']) in table
     # FLOPs counted in the first warm-up step of each loop, per real token: the same in both, and
     # at least a forward and an input-gradient pass (4 FLOPs per weight) through every LLM layer
     # (the projector trains, below the LLM), at most 12 per weight of the LLM, CLIP and projector
@@ -70,7 +74,12 @@ def test_bench_under_deepspeed_trains_both_loops_alike(tiny_zoo, tmp_path, capsy
     assert result['deepspeed'] == 'zero2'
     losses = result['framework']['losses']
     assert len(losses) == 3 and losses[-1] < losses[0]
-    assert result['reference']['losses'] == pytest.approx(losses, abs=1e-6)
+    # Same kernels on this CPU; ZeRO-2 sums the gradient norm (clipping) of the projector's
+    # 2 x (64 x 64 + 64) parameters in another order (flat buffer): one fp32 rounding of that sum
+    # per step, scaling the update.
+    for step, (got, expected) in enumerate(zip(result['reference']['losses'], losses)):
+        assert got == pytest.approx(expected, abs=rounding_tolerance(torch.float32, 2 * (64 * 64 + 64), expected,
+                                                                     sequential=step + 1))
     assert 'DeepSpeed zero2' in capsys.readouterr().out
     # the world of one is gone with its launcher variables and DeepSpeed's cached groups: DeepSpeed
     # runs again in this process (it failed with "Group ... is not registered" before)

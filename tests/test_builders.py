@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerances import transformer_tolerance
 
 from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 from mmllava.errors import MMLLaVAError
@@ -92,7 +93,10 @@ def test_vision_encoder_from_full_clip(tiny_zoo):
         expected = CLIPModel.from_pretrained(folder).vision_model(
             pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
     assert features.shape == (2, 1 + 64, 64)
-    torch.testing.assert_close(features, expected)
+    # the same fp32 modules loaded twice: only a kernel's order of sums may differ (memory alignment
+    # picks MKL's code path), through the 192-term patch embedding and 2 layers (256-wide MLP)
+    atol = transformer_tolerance(torch.float32, 2, 256, expected.abs().max())
+    torch.testing.assert_close(features, expected, rtol=0, atol=atol)
     assert load_vision_encoder(folder, torch_dtype='bfloat16').dtype == torch.bfloat16
     assert load_image_processor(folder).num_image_tokens == 64
 

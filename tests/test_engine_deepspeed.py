@@ -8,12 +8,15 @@ fresh machine pays no ~150 s build.
 from __future__ import annotations
 
 import pytest
-
+import torch
 from engine_toy import read_losses, run_train, train_env, write_toy_config
+from tolerances import rounding_tolerance
+
 from mmllava.cli import main
 from mmllava.engine.deepspeed import find_deepspeed_config, resolve_deepspeed_config
 from mmllava.errors import MMLLaVAError
 
+TOY_PARAMETERS = 8 * 32 + 32 + 32 + 1  # engine_toy.ToyModel: Linear(8, 32), Linear(32, 1)
 
 
 def test_auto_fields_follow_the_config(tmp_path):
@@ -28,6 +31,12 @@ def test_auto_fields_follow_the_config(tmp_path):
     assert find_deepspeed_config('zero3').name == 'zero3.json'
     with pytest.raises(MMLLaVAError, match='zero1, zero2'):
         find_deepspeed_config('zero4')
+
+
+def _optimizer_tolerance(loss: float, step: int) -> float:
+    """The toy model's losses of two runs whose steps sum the 321 parameters' gradient norm (or a
+    batch) in another order: one fp32 rounding of a 321-term sum per step so far."""
+    return rounding_tolerance(torch.float32, TOY_PARAMETERS, abs(loss), sequential=step)
 
 
 def test_zero2_single_process_trains_checkpoints_and_resumes(tmp_path):
@@ -50,14 +59,18 @@ def test_zero2_single_process_trains_checkpoints_and_resumes(tmp_path):
     losses = {step: loss for step, loss in read_losses(work_dir)}
     expected = {step: loss for step, loss in read_losses(reference)}
     assert sorted(losses) == list(range(1, 13))
-    assert losses == pytest.approx(expected, abs=1e-6)  # fp32 ZeRO-2 = plain AdamW to rounding
+    # fp32 ZeRO-2 = plain AdamW to rounding: both run the same kernels on this CPU; only the
+    # gradient norm (for clipping) sums the 321 parameters in another order (flat buffer vs per
+    # tensor), each step's update scaled by it: one such rounding more per step.
+    for step, loss in losses.items():
+        assert loss == pytest.approx(expected[step], abs=_optimizer_tolerance(expected[step], step))
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     """2 ranks x batch 2 under ZeRO-2 vs 1 process x batch 4: same samples per step (the sampler
     splits each global batch), gradients averaged over ranks, logged loss averaged over ranks.
     Dropout is off: ranks draw their masks from the same seed, so masks would differ from one
-    process drawing for 4 samples. Tolerance 1e-5: only the summation order differs."""
+    process drawing for 4 samples. Only the order of sums differs (see _optimizer_tolerance)."""
     config = write_toy_config(tmp_path / 'cfg', save_steps=6)
     single, double = tmp_path / 'single', tmp_path / 'double'
     assert main(['train', str(config), '--work-dir', str(single), '--seed', '3',
@@ -73,5 +86,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
     one, two = read_losses(single), read_losses(double)
     assert [step for step, _ in two] == list(range(1, 13))
-    assert [loss for _, loss in two] == pytest.approx([loss for _, loss in one], rel=1e-5, abs=1e-5)
+    # the gradient norm and the batch mean sum in another order (two half batches, then the
+    # average over ranks): one rounding of a 321-term sum more per step
+    for (step, loss), (_, expected) in zip(two, one):
+        assert loss == pytest.approx(expected, abs=_optimizer_tolerance(expected, step))
     assert read_losses(double, rank=1) == two  # every rank logs the mean over ranks

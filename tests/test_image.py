@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tolerances import rounding_tolerance
 
 from mmllava.data.image import ImageProcessor, expand2square, load_image
 from mmllava.errors import MMLLaVAError
@@ -115,7 +116,10 @@ def test_processor_matches_transformers(shapes, size, crop):
         expected = reference(img, return_tensors='pt')['pixel_values'][0]
         got = ours(img)
         assert got.dtype == torch.float32 and got.shape == (3, crop, crop)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        # the same PIL resize of the same uint8 image, then 3 fp32 element-wise roundings (rescale,
+        # subtract, divide) in either order; a float-vs-uint8 resize would differ by ~1/255/std = 0.015
+        torch.testing.assert_close(got, expected, rtol=0,
+                                   atol=rounding_tolerance(torch.float32, 1, expected.abs().max(), sequential=3))
 
 
 def test_from_pretrained_reads_processor_and_vision_config(tmp_path):
@@ -126,7 +130,7 @@ def test_from_pretrained_reads_processor_and_vision_config(tmp_path):
     processor = ImageProcessor.from_pretrained(tmp_path)
     assert processor.num_image_tokens == 64 and processor.background_rgb == (127, 127, 127)
     img = Image.new('RGB', (70, 64), (127, 127, 127))
-    assert processor(img).abs().max() < 0.01
+    assert processor(img).abs().max() < 0.01  # (127 / 255 - 0.5) / 0.25 = -0.008: uint8's step, not rounding
     (tmp_path / 'preprocessor_config.json').write_text(json.dumps({**settings, 'crop_size': 48, 'size': 48}))
     with pytest.raises(MMLLaVAError, match=r'crops to \(48, 48\) but the vision tower expects 64'):
         ImageProcessor.from_pretrained(tmp_path)
@@ -140,5 +144,7 @@ def test_from_pretrained_on_tiny_clip(tiny_zoo):
     assert processor.num_image_tokens == (64 // 8) ** 2
     reference = AutoImageProcessor.from_pretrained(folder)
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 90, 3), dtype=np.uint8))
-    torch.testing.assert_close(processor(img), reference(img, return_tensors='pt')['pixel_values'][0],
-                               atol=1e-5, rtol=0)
+    expected = reference(img, return_tensors='pt')['pixel_values'][0]
+    # as test_processor_matches_transformers: the same resize, 3 element-wise fp32 roundings
+    torch.testing.assert_close(processor(img), expected, rtol=0,
+                               atol=rounding_tolerance(torch.float32, 1, expected.abs().max(), sequential=3))

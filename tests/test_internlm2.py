@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig
 
 from mmllava.builders import load_llm
+from tolerances import transformer_tolerance
 from mmllava.formats.internlm2 import internlm2_config_to_llama, internlm2_to_llama, llama_to_internlm2
 
 
@@ -71,6 +72,13 @@ def sharp_internlm2(tiny_zoo, tmp_path_factory):
     return folder, sd, json.loads((folder / 'config.json').read_text())
 
 
+def _logits_tolerance(cfg, expected) -> float:
+    # fp32, only the order of the sums differs from transformers' Llama (the MLP's 128-wide ones the
+    # longest) through 2 layers and the head; measured 1.0e-5 on AVX512-BF16 (1 or 2 threads), bound 2.4e-4.
+    return transformer_tolerance(torch.float32, cfg['num_hidden_layers'], cfg['intermediate_size'],
+                                 expected.abs().max())
+
+
 def test_logits_match_reference_forward(sharp_internlm2):
     folder, sd, cfg = sharp_internlm2
     ids = torch.randint(0, cfg['vocab_size'], (2, 12))
@@ -79,9 +87,10 @@ def test_logits_match_reference_forward(sharp_internlm2):
     assert type(model).__name__ == 'LlamaForCausalLM'
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    atol = _logits_tolerance(cfg, expected)
+    torch.testing.assert_close(logits, expected, atol=atol, rtol=0)
     # The comparison can tell a wrong rotary base apart (so it checks rope_theta is carried over).
-    assert (reference_forward(sd, cfg, ids, theta=10000.0) - expected).abs().max() > 1e-3
+    assert (reference_forward(sd, cfg, ids, theta=10000.0) - expected).abs().max() > 100 * atol
 
 
 def test_pytorch_bin_checkpoint_loads_the_same(sharp_internlm2, tmp_path):
@@ -92,7 +101,8 @@ def test_pytorch_bin_checkpoint_loads_the_same(sharp_internlm2, tmp_path):
     ids = torch.randint(0, cfg['vocab_size'], (1, 7))
     with torch.no_grad():
         logits = load_llm(tmp_path).forward(input_ids=ids).logits
-    torch.testing.assert_close(logits, reference_forward(sd, cfg, ids), atol=1e-5, rtol=0)
+    expected = reference_forward(sd, cfg, ids)
+    torch.testing.assert_close(logits, expected, atol=_logits_tolerance(cfg, expected), rtol=0)
 
 
 def test_round_trip_is_exact(tiny_zoo):

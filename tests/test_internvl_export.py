@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerances import transformer_tolerance
 
 from mmllava.cli import main
 from mmllava.constants import IMAGE_TOKEN_INDEX
@@ -47,7 +48,12 @@ def trained(tiny_zoo, tmp_path_factory):
 
 
 def _compare(a, b, mask):
-    torch.testing.assert_close(a[mask.bool()], b[mask.bool()], rtol=1e-4, atol=1e-4)
+    """Logits at the real positions. fp32 export (LoRA merged in fp32) vs the training model: the
+    order of the sums differs through InternViT's 2 layers and the LLM's 2 (both 128-wide MLPs),
+    the patch embedding, the projector's 2 Linears and the head."""
+    expected = b[mask.bool()]
+    atol = transformer_tolerance(torch.float32, 2 + 2, 128, expected.abs().max(), extra=1 + 2 + 1)
+    torch.testing.assert_close(a[mask.bool()], expected, rtol=0, atol=atol)
 
 
 def test_huggingface_export_loads_in_transformers_with_the_training_logits(trained):

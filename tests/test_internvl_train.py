@@ -112,7 +112,9 @@ def test_resume_continues_with_the_same_losses(tiny_zoo, tmp_path, reference, re
     assert main(['train', CONFIG, '--work-dir', str(resumed), *args]) == 0
     again = _losses(resumed)
     assert sorted(again) == [3, 4]
-    assert again == pytest.approx({step: losses[step] for step in (3, 4)}, rel=1e-6)
+    # Both runs on this CPU with the same thread count: the same kernels sum in the same order, so
+    # the losses are equal to the bit on any CPU; 8 fp32 ulps are the margin, nothing more.
+    assert again == pytest.approx({step: losses[step] for step in (3, 4)}, rel=8 * torch.finfo(torch.float32).eps)
 
 
 def test_tiny_internvl_lora_reaches_90_percent_on_colour_questions(tiny_zoo, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerances import LAYER_REDUCTIONS, rounding_tolerance
 
 from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mmllava.data import llava_collate
@@ -60,12 +61,26 @@ def test_packed_loss_and_grads_equal_padded(model, with_images):
 
     loss, grads = _loss_and_grads(model, padded)
     packed_loss, packed_grads = _loss_and_grads(model, packed)
-    torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-5)
+    # fp32: packing changes only the order of sums (other row lengths, the masked softmax over
+    # fewer keys), through the LLM's 2 layers (and CLIP's first 2 with images) and the head,
+    # forward and backward; the weight gradients also sum over all 453 tokens. A leak of
+    # attention across samples moves them by percents.
+    layers = 2 + (2 if with_images else 0)
+    tokens = sum(lengths)
+
+    def tolerance(expected):
+        return rounding_tolerance(torch.float32, tokens, expected.abs().max(),
+                                  sequential=2 * (LAYER_REDUCTIONS * layers + 1))
+
+    torch.testing.assert_close(packed_loss, loss, rtol=0, atol=tolerance(loss))
     assert grads.keys() == packed_grads.keys() and grads
     if with_images:
         assert any(name.startswith('projector') for name in grads)
     for name, grad in grads.items():
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+        # A bias's gradient may cancel to ~0 (keys': softmax ignores a shift shared by all keys) from
+        # terms as large as its weight's gradient: those set the scale of the rounding.
+        scale = torch.maximum(grad.abs().max(), grads.get(name.rsplit('.', 1)[0] + '.weight', grad).abs().max())
+        torch.testing.assert_close(packed_grads[name], grad, rtol=0, atol=tolerance(scale), msg=name)
 
 
 def test_position_ids_restart_and_padding_is_its_own_segment():

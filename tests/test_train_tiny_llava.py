@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = 'llava_tiny_internlm2_chat_qlora_clip_finetune'
@@ -44,7 +45,9 @@ def test_tiny_llava_zero2_trains_and_resumes_exactly(tiny_zoo, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     again = _losses(resumed)
     assert sorted(again) == [3, 4]
-    assert again == pytest.approx({step: losses[step] for step in (3, 4)}, rel=1e-6)
+    # Both runs on this CPU with the same thread count: the same kernels sum in the same order, so
+    # the losses are equal to the bit on any CPU; 8 fp32 ulps are the margin, nothing more.
+    assert again == pytest.approx({step: losses[step] for step in (3, 4)}, rel=8 * torch.finfo(torch.float32).eps)
 
 
 def test_seed_000_literally(tiny_zoo, tmp_path):

@@ -9,6 +9,7 @@ import statistics
 import torch
 
 from mmllava.bench.runs import run_framework, run_reference
+from mmllava.engine.machine import format_machine_facts, machine_facts
 
 # (field, column title, format) in the order the table prints them
 FIELDS = [
@@ -57,6 +58,7 @@ def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = 
         'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
         'torch_threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
         'load_average_1min': {'before': load_before[0], 'after': os.getloadavg()[0]},
+        'machine': machine_facts(),
         'framework': _median_fields(runs['framework']),
         'runs': runs,
     }
@@ -95,4 +97,6 @@ def format_table(result: dict) -> str:
     lines.append(f'{result["steps"]} steady steps after {result["warmup"]} warm-up, {result["repeats"]} repeat(s){deepspeed}, '
                  f'device {result["device"]}, {result["torch_threads"]} torch threads on {result["cpu_count"]} CPUs, '
                  f'1-min load {load["before"]:.1f} -> {load["after"]:.1f}')
+    if 'machine' in result:
+        lines.append(format_machine_facts(result['machine']))
     return '\n'.join(lines)

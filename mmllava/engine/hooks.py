@@ -125,7 +125,9 @@ class EvaluateChatHook(Hook):
         from mmllava.data.image import load_image
 
         model = _unwrap(runner.model)
-        was_training = model.training
+        # Every module gets its own mode back (a part kept in eval on purpose stays so), after the
+        # model's own train(), which also restores what training needs (mmllava.models: the 4-bit layout).
+        modes = [(module, module.training) for module in model.modules()]
         model.eval()
         device = next(model.parameters()).device
         stop_ids = self._stop_token_ids()
@@ -142,7 +144,9 @@ class EvaluateChatHook(Hook):
                 answer = self.tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
                 lines.append(f'[{image_path or "no image"}] {text!r} -> {answer!r}')
         runner.logger.info('\n'.join(lines))
-        model.train(was_training)
+        model.train(modes[0][1])
+        for module, training in modes:
+            module.training = training
         self._evaluated_at = step
 
     def before_train(self, runner) -> None:

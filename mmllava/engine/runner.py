@@ -134,9 +134,9 @@ def build_runner(cfg):
     """Build the mmengine runner for a config from ``prepare_config``."""
     from mmengine.runner import FlexibleRunner, Runner
 
-    from mmllava.engine import compat
-
     from mmllava.config import build
+    from mmllava.engine import compat
+    from mmllava.engine.machine import format_machine_facts, machine_facts
 
     compat.apply()
     runner_type = cfg.get('runner_type', 'Runner')
@@ -148,4 +148,6 @@ def build_runner(cfg):
     dataset = build(cfg.train_dataloader.dataset)
     runner = runner_cls.from_cfg(cfg)
     runner._train_dataloader['dataset'] = dataset
+    # first in the work dir's log: a result that differs on another machine is matched to its kind
+    runner.logger.info(format_machine_facts(machine_facts()))
     return runner

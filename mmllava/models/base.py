@@ -44,7 +44,7 @@ class MultimodalModel(BaseModel):
                         use_activation_checkpointing: bool, llm_lora, visual_encoder_lora) -> nn.Module:
         """Freeze, quantisation prep, gradient checkpointing and LoRA for ``self.llm`` and ``vision``;
         returns ``vision`` (wrapped by PEFT when it gets LoRA) for the subclass to store."""
-        from mmllava.models.lora import GRADIENT_CHECKPOINTING_KWARGS, apply_lora, prepare_llm
+        from mmllava.models.lora import GRADIENT_CHECKPOINTING_KWARGS, apply_lora, keep_4bit_training_layout, prepare_llm
 
         if freeze_llm:
             self.llm.requires_grad_(False)
@@ -57,7 +57,22 @@ class MultimodalModel(BaseModel):
         self.use_visual_encoder_lora = visual_encoder_lora is not None
         if self.use_llm_lora:
             self.llm = apply_lora(self.llm, llm_lora)
-        return apply_lora(vision, visual_encoder_lora) if self.use_visual_encoder_lora else vision
+        vision = apply_lora(vision, visual_encoder_lora) if self.use_visual_encoder_lora else vision
+        # An eval-mode forward (the chat hook before training) must not repack 4-bit weights into
+        # bitsandbytes' inference-only CPU layout (see keep_4bit_training_layout).
+        keep_4bit_training_layout(self.llm, vision)
+        return vision
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, then every 4-bit weight back in its training layout: whatever packed
+        one for CPU inference while the model evaluated (a hook, or code that switched bitsandbytes'
+        flag on again), no training step computes through it."""
+        from mmllava.models.lora import keep_4bit_training_layout
+
+        super().train(mode)
+        if mode:
+            keep_4bit_training_layout(self)
+        return self
 
     def init_weights(self) -> None:
         """Nothing to initialise: towers come from checkpoints, projectors from ``nn.Linear``.

@@ -5,6 +5,7 @@ means, how a bitsandbytes LLM is prepared for training and how gradient checkpoi
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -59,3 +60,40 @@ def prepare_llm(llm: nn.Module, use_activation_checkpointing: bool) -> nn.Module
     if use_activation_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS)
     return llm
+
+
+def keep_4bit_training_layout(*modules: nn.Module) -> int:
+    """Every bitsandbytes ``Linear4bit`` in ``modules`` computes through the trainable NF4 layout.
+
+    bitsandbytes 0.50 (``Linear4bit.forward``) repacks a layer's NF4 weight in place into a CPU
+    inference layout (``quant_state.packing_format_for_cpu``: bf16 absmax, tiled nibbles) the first
+    time it runs on a CPU with AVX512-BF16 in eval mode without grad (``support_avx512bf16_for_cpu
+    and not self.training and not x.requires_grad``) -- our chat evaluation before training does
+    exactly that. Nothing packs it back, and ``matmul_4bit`` then always takes ``gemv_4bit``, which
+    has no autograd kernel: every later training step gets wrong gradients. The packed path is not
+    exact either (its absmax is rounded to bf16), so the models of this package never take it:
+    the per-layer flag the forward reads is switched off, and a weight that was packed anyway is
+    unpacked with bitsandbytes' own inverse (exact for the nibbles; a double-quantised absmax is
+    re-quantised from its bf16 copy). Returns the number of layers that had to be unpacked.
+    """
+    bnb = sys.modules.get('bitsandbytes')
+    if bnb is None:  # no Linear4bit can exist before bitsandbytes is imported
+        return 0
+    unpacked = 0
+    for module in modules:
+        for layer in module.modules():
+            if not isinstance(layer, bnb.nn.Linear4bit):
+                continue
+            layer.support_avx512bf16_for_cpu = False
+            weight = layer.weight
+            if getattr(getattr(weight, 'quant_state', None), 'packing_format_for_cpu', False):
+                # only the bitsandbytes versions that pack have the inverse
+                from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+                weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data,
+                                                                                        weight.quant_state)
+                unpacked += 1
+    if unpacked:
+        warnings.warn(f'{unpacked} bitsandbytes 4-bit weights were packed for CPU inference and are unpacked '
+                      'for training (their double-quantised absmax re-quantised from its bf16 copy)', stacklevel=2)
+    return unpacked
