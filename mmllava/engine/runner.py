@@ -100,6 +100,11 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
     for key in ('model', 'train_dataloader', 'optim_wrapper', 'train_cfg'):
         if cfg.get(key) is None:
             raise MMLLaVAError(f'{cfg.filename}: the config defines no `{key}`, so it cannot train')
+    pretrained = cfg.model.get('pretrained_pth') if isinstance(cfg.model, dict) else None
+    if isinstance(pretrained, str) and not os.path.exists(pretrained):
+        # before the dataset and the model are built: a fine-tune run before its pretrain run
+        # stops at once (mmllava.config.with_config_hint names the run that writes it)
+        raise MMLLaVAError(f'{pretrained}: checkpoint not found')
     cfg = copy.deepcopy(cfg)
     cfg.work_dir = work_dir
     cfg.setdefault('experiment_name', f'{os.path.splitext(os.path.basename(cfg.filename or "config"))[0]}'

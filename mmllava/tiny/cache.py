@@ -1,0 +1,78 @@
+"""The embedded default's files, built on first use into a cache folder, so the tiny configs run
+from any folder after a plain ``pip install`` (the synthetic data committed under ``data/`` is not
+part of the installed package).
+
+Where: ``$MMLLAVA_CACHE`` or ``$XDG_CACHE_HOME/mmllava`` (default ``~/.cache/mmllava``):
+``tiny_models/<name>`` (``mmllava.tiny.zoo``, seed 0) and ``synthetic`` (``mmllava.tiny.synthetic``,
+seed 0). ``$MMLLAVA_TINY_ZOO`` names a prebuilt zoo to use for the models instead (tests share one).
+Both builders are deterministic, so a folder built once is the folder any later build would write.
+Builds go to a temporary sibling that is renamed into place: processes building at once (the ranks
+of a ``torchrun``) never see a half-written folder.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# A folder holding this file is complete (written last, after everything else of the build).
+_COMPLETE = '.complete'
+
+
+def cache_root() -> Path:
+    """The folder the embedded default's files are built into (see module doc)."""
+    if os.environ.get('MMLLAVA_CACHE'):
+        return Path(os.environ['MMLLAVA_CACHE']).expanduser().resolve()
+    xdg = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return Path(xdg).resolve() / 'mmllava'
+
+
+def _built(folder: Path, build, marker: str = _COMPLETE) -> Path:
+    """``folder``, unless ``folder/marker`` exists already: ``build(tmp)`` writes into a temporary
+    sibling and returns the folder it wrote, which is renamed to ``folder``."""
+    if (folder / marker).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
+    try:
+        written = build(tmp)
+        (written / _COMPLETE).touch()
+        os.chmod(written, 0o755)  # mkdtemp made it private; the data is for every user of the cache
+        if folder.exists() and not (folder / marker).exists():  # an interrupted build: replace it
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(written, folder)
+        except OSError:
+            if not (folder / marker).exists():  # not another process that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def tiny_model_path(name: str) -> Path:
+    """The tiny model ``name`` (one of ``mmllava.tiny.zoo.ZOO_NAMES``), built if missing."""
+    from mmllava.tiny.zoo import BUILDERS, build_tiny_zoo
+
+    if name not in BUILDERS:
+        from mmllava.errors import MMLLaVAError
+
+        raise MMLLaVAError(f'no tiny model named {name!r}; known: {", ".join(BUILDERS)}')
+    zoo = os.environ.get('MMLLAVA_TINY_ZOO')
+    root = Path(zoo).expanduser().resolve() if zoo else cache_root() / 'tiny_models'
+
+    # A prebuilt zoo (tools/make_tiny_zoo.py) has no .complete file: its weights file marks it.
+    return _built(root / name, lambda tmp: build_tiny_zoo(tmp, names=[name])[name], marker='model.safetensors')
+
+
+def synthetic_data_path() -> Path:
+    """The synthetic shapes data (``pretrain.json``, ``finetune.json``, ``eval.json``, ``images/``),
+    built if missing."""
+    from mmllava.tiny.synthetic import build_synthetic_data
+
+    def build(tmp: Path) -> Path:
+        build_synthetic_data(tmp)
+        return tmp
+
+    return _built(cache_root() / 'synthetic', build)
