@@ -18,6 +18,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    from mmllava.errors import require_extra
+    require_extra('serve', 'fastapi', 'uvicorn')
     from pathlib import Path
 
     from mmllava.errors import MMLLaVAError

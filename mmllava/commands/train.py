@@ -19,6 +19,8 @@ def add_arguments(parser):
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config values; top-level variables (data_root=...) also update '
                              'every field derived from them')
+    parser.add_argument('--verbose', action='store_true',
+                        help="also show the log file's whole content in the terminal (config dump, hook table)")
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='how the processes were started (default: none, or torchrun via NPROC_PER_NODE)')
 
@@ -33,6 +35,8 @@ def _argv(args) -> list[str]:
         argv.append('--resume')
     elif args.resume is not None:
         argv += ['--resume', args.resume]
+    if args.verbose:
+        argv.append('--verbose')
     if args.cfg_options:
         argv += ['--cfg-options', *args.cfg_options]
     return argv
@@ -51,7 +55,10 @@ def run(args):
             return subprocess.run(command).returncode
 
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
+    from mmllava.engine import console
     from mmllava.engine.runner import build_runner, prepare_config
+
+    console.install(args.verbose)  # before prepare_config logs its first line
 
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
     work_dir = args.work_dir or osp.join('work_dirs', osp.splitext(osp.basename(cfg.filename))[0])
@@ -59,5 +66,5 @@ def run(args):
     with in_process_world(), reported_config_errors(cfg):
         cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=args.deepspeed, launcher=args.launcher,
                              resume=resume, seed=args.seed)
-        build_runner(cfg).train()
+        build_runner(cfg, verbose=args.verbose).train()
     return 0

@@ -80,11 +80,13 @@ def _visualizer(cfg) -> None:
 
 
 def _custom_hooks(cfg) -> None:
+    from mmllava.engine.console import TrainSummaryHook
     from mmllava.engine.hooks import ThroughputHook
 
     hooks = list(cfg.get('custom_hooks') or [])
-    if not any(isinstance(h, dict) and _type_name(h.get('type')) == 'ThroughputHook' for h in hooks):
-        hooks.append(dict(type=_lazy(ThroughputHook)))
+    for hook in (ThroughputHook, TrainSummaryHook):
+        if not any(isinstance(h, dict) and _type_name(h.get('type')) == hook.__name__ for h in hooks):
+            hooks.append(dict(type=_lazy(hook)))
     cfg.custom_hooks = hooks
 
 
@@ -135,15 +137,16 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
     return cfg
 
 
-def build_runner(cfg):
-    """Build the mmengine runner for a config from ``prepare_config``."""
+def build_runner(cfg, verbose: bool = False):
+    """Build the mmengine runner for a config from ``prepare_config``. The terminal gets the train
+    console (``mmllava.engine.console``); ``verbose`` shows the log file's whole content there too."""
     from mmengine.runner import FlexibleRunner, Runner
 
-    from mmllava.engine import compat
-
     from mmllava.config import build
+    from mmllava.engine import compat, console
 
     compat.apply()
+    console.install(verbose)
     runner_type = cfg.get('runner_type', 'Runner')
     runner_cls = {'Runner': Runner, 'FlexibleRunner': FlexibleRunner}.get(_type_name(runner_type))
     if runner_cls is None:
