@@ -64,7 +64,7 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
 def copy_config(name_or_path: str, save_dir: str | os.PathLike) -> Path:
     """Copy a config to ``SAVE_DIR/<name>_copy.py`` (XTuner's naming) and return the new path."""
     src = find_config(name_or_path)
-    save_dir = Path(save_dir).expanduser()
+    save_dir = Path(save_dir).expanduser().resolve()  # shown whole
     save_dir.mkdir(parents=True, exist_ok=True)
     dst = save_dir / (src.stem + CONFIG_SUFFIX)
     shutil.copyfile(src, dst)
