@@ -76,3 +76,20 @@ def synthetic_data_path() -> Path:
         return tmp
 
     return _built(cache_root() / 'synthetic', build)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmllava.tiny.cache [NAME ...]``: build what is missing and print ``NAME<TAB>PATH``
+    per line; NAME is a tiny model or ``synthetic`` (default: the synthetic data and every model)."""
+    import sys
+
+    from mmllava.tiny.zoo import ZOO_NAMES
+
+    for name in (sys.argv[1:] if argv is None else argv) or ['synthetic', *ZOO_NAMES]:
+        path = synthetic_data_path() if name == 'synthetic' else tiny_model_path(name)
+        print(f'{name}\t{path}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
