@@ -132,12 +132,6 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _unwrap(model):
-    while hasattr(model, 'module'):
-        model = model.module
-    return model
-
-
 class TrainSummaryHook(Hook):
     """The train header (config, work dir and log file, trainable / total parameters, data, device,
     threads, DeepSpeed stage) before training, and the checkpoints in the work dir after it."""
@@ -146,6 +140,8 @@ class TrainSummaryHook(Hook):
 
     def before_train(self, runner) -> None:
         import torch
+
+        from mmllava.engine.hooks import _unwrap
 
         model = _unwrap(runner.model)
         params = list(model.parameters())
