@@ -135,3 +135,19 @@ def test_a_run_that_fails_before_its_first_checkpoint_removes_its_folders(tiny_z
     assert main(failing) == 1
     # only the run's timestamped log folder goes; the config dump stays next to the user's file
     assert sorted(p.name for p in work_dir.iterdir()) == [f'{PRETRAIN}.py', 'notes.txt']
+
+
+def test_verbose_shows_in_the_terminal_what_the_log_file_keeps(tmp_path):
+    from engine_toy import run_train, write_toy_config
+
+    config = write_toy_config(tmp_path / 'cfg', max_epochs=1)
+    outputs = {}
+    for name, flags in (('default', []), ('verbose', ['--verbose'])):
+        result = run_train(config, '--work-dir', tmp_path / name, *flags, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[name] = result.stdout + result.stderr
+        log = next((tmp_path / name).glob('*/*.log')).read_text()
+        assert 'Config:\n' in log and 'Hooks will be executed in the following order' in log
+    assert 'Config:' not in outputs['default'] and 'Hooks will be executed' not in outputs['default']
+    assert 'Config:\n' in outputs['verbose'] and 'Hooks will be executed in the following order' in outputs['verbose']
+    assert 'iter 6/6  loss ' in outputs['default']  # 24 samples / batch 4: the console's progress line
