@@ -55,7 +55,8 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
     if str(name_or_path) == name and name in configs:
         return configs[name]
     if path.suffix == '.py' or os.sep in str(name_or_path):
-        raise MMLLaVAError(f'config file not found: {name_or_path}')
+        raise MMLLaVAError(f'config file not found: {name_or_path} (looked for {path.absolute()}; '
+                           'a shipped config is named without .py: mmllava list-cfg)')
     close = [n for n in configs if name.lower() in n.lower()][:5]
     hint = f'; similar: {", ".join(close)}' if close else '; run `mmllava list-cfg` to see them'
     raise MMLLaVAError(f'no config named {name!r} (neither a file nor a shipped config){hint}')
