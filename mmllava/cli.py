@@ -48,8 +48,10 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    from mmllava.errors import MMLLaVAError
+    from mmllava import quiet
+    from mmllava.errors import MissingExtraError, MMLLaVAError
 
+    quiet.install()  # before any library is imported
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb is None:
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
+    except MissingExtraError as e:
+        print(f'mmllava {args.verb}: {e}', file=sys.stderr)
+        return 1
     except MMLLaVAError as e:
         print(f'mmllava {args.verb}: error: {e}', file=sys.stderr)
         return 1

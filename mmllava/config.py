@@ -4,6 +4,11 @@ Configs are mmengine pure-Python files in XTuner's five parts. ``--cfg-options``
 variable (``llm_name_or_path=/models/x``) re-assigns that variable *in the config source* before it
 is executed, so every field derived from it (``model.llm.path``, ``data_path = data_root + ...``)
 follows. Dotted keys (``model.freeze_llm=False``) are merged into the loaded config afterwards.
+
+Paths in configs are taken from the current folder, except the embedded default's: a string that
+holds ``{{tiny_models}}/NAME`` or ``{{tiny_data}}`` gets the absolute path of the tiny model NAME or
+of the synthetic shapes data, built on first use into mmllava's cache folder (``mmllava.tiny.cache``),
+so the tiny configs, and copies of them, run from any folder.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import ast
 import contextlib
 import importlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,7 +55,8 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
     if str(name_or_path) == name and name in configs:
         return configs[name]
     if path.suffix == '.py' or os.sep in str(name_or_path):
-        raise MMLLaVAError(f'config file not found: {name_or_path}')
+        raise MMLLaVAError(f'config file not found: {name_or_path} (looked for {path.absolute()}; '
+                           'a shipped config is named without .py: mmllava list-cfg)')
     close = [n for n in configs if name.lower() in n.lower()][:5]
     hint = f'; similar: {", ".join(close)}' if close else '; run `mmllava list-cfg` to see them'
     raise MMLLaVAError(f'no config named {name!r} (neither a file nor a shipped config){hint}')
@@ -58,7 +65,7 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
 def copy_config(name_or_path: str, save_dir: str | os.PathLike) -> Path:
     """Copy a config to ``SAVE_DIR/<name>_copy.py`` (XTuner's naming) and return the new path."""
     src = find_config(name_or_path)
-    save_dir = Path(save_dir).expanduser()
+    save_dir = Path(save_dir).expanduser().resolve()  # shown whole
     save_dir.mkdir(parents=True, exist_ok=True)
     dst = save_dir / (src.stem + CONFIG_SUFFIX)
     shutil.copyfile(src, dst)
@@ -118,14 +125,50 @@ def rewrite_assignments(source: str, values: dict[str, Any]) -> str:
         for node in assigns[key]:
             start = _offset(lines, node.value.lineno, node.value.col_offset)
             end = _offset(lines, node.value.end_lineno, node.value.end_col_offset)
-            edits.append((start, end, repr(value).encode()))
+            text = repr(value)
+            if node.value.end_lineno > node.value.lineno:  # keep the lines below where they were
+                text = f'({text}' + '\n' * (node.value.end_lineno - node.value.lineno) + ')'
+            edits.append((start, end, text.encode()))
     for start, end, text in sorted(edits, reverse=True):
         data = data[:start] + text + data[end:]
     return data.decode()
 
 
+EMBEDDED_PATH = re.compile(r'\{\{tiny_models\}\}/(\w+)|\{\{tiny_data\}\}')
+
+
+def resolve_embedded_paths(source: str) -> str:
+    """``source`` with ``{{tiny_models}}/NAME`` and ``{{tiny_data}}`` in its string constants
+    replaced by absolute paths in the cache folder, building what is missing (see module doc)."""
+    if '{{' not in source:
+        return source
+    from mmllava.tiny.cache import synthetic_data_path, tiny_model_path
+
+    found = {match.group(0): match.group(1) for node in ast.walk(ast.parse(source))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             for match in EMBEDDED_PATH.finditer(node.value)}
+    for text, model in found.items():
+        path = tiny_model_path(model) if model else synthetic_data_path()
+        # escaped as inside a quoted literal (backslashes of a Windows path, quotes)
+        source = source.replace(text, repr(str(path))[1:-1])
+    return source
+
+
+def _error_line(error: BaseException, executed: str) -> int | None:
+    """The line of ``executed`` (the config file that ran) where ``error`` was raised."""
+    line, tb = None, error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == executed:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
 def load_config(name_or_path: str | os.PathLike, cfg_options: dict[str, Any] | None = None):
-    """Load a config (path or shipped name) as an mmengine ``Config`` with overrides applied."""
+    """Load a config (path or shipped name) as an mmengine ``Config`` with overrides applied.
+
+    A config that fails to run is one ``MMLLaVAError``: ``FILE:LINE: the config failed to load:
+    <Python's message>``."""
     from mmengine.config import Config
 
     path = find_config(name_or_path)
@@ -140,18 +183,23 @@ def load_config(name_or_path: str | os.PathLike, cfg_options: dict[str, Any] | N
     for key in dotted:
         if '.' not in key:
             raise MMLLaVAError(f'{path}: --cfg-options {key}: the config has no variable named {key!r}')
+    # Line numbers of the run source are the file's (see rewrite_assignments), so errors name the file.
+    run_source = resolve_embedded_paths(rewrite_assignments(source, top) if top else source)
+    executed = str(path)
     try:
-        if top:
+        if run_source != source:
             with tempfile.TemporaryDirectory(prefix='mmllava_cfg_') as tmp:
-                tmp_path = Path(tmp) / path.name
-                tmp_path.write_text(rewrite_assignments(source, top), encoding='utf-8')
-                cfg = Config.fromfile(str(tmp_path))
+                executed = str(Path(tmp) / path.name)
+                Path(executed).write_text(run_source, encoding='utf-8')
+                cfg = Config.fromfile(executed)
         else:
-            cfg = Config.fromfile(str(path))
+            cfg = Config.fromfile(executed)
     except MMLLaVAError:
         raise
     except Exception as e:  # a user's config raising while it executes
-        raise MMLLaVAError(f'{path}: the config failed to load: {type(e).__name__}: {e}') from None
+        line = _error_line(e, executed)
+        where = f'{path}:{line}' if line else str(path)
+        raise MMLLaVAError(f'{where}: the config failed to load: {type(e).__name__}: {e}') from None
     if dotted:
         cfg.merge_from_dict(dotted, allow_list_keys=True)
     # Keep the user's path (not the temporary copy) for work-dir naming and logging.
@@ -214,15 +262,57 @@ def _raised_by_a_builder(error: BaseException) -> bool:
         ('build_from_cfg', 'mmengine.registry.build_functions'), ('build', __name__)}
 
 
+def is_shipped(config_path: str | os.PathLike) -> bool:
+    """Whether ``config_path`` is one of the configs inside the installed package (not the user's)."""
+    return Path(config_path).resolve().is_relative_to(shipped_config_dir().resolve())
+
+
+def how_to_change(cfg, key: str) -> str:
+    """How the user changes ``key``: in their own config file, or (a shipped config) with
+    ``--cfg-options`` or in a copy of it: never by editing a file inside the installed package."""
+    if not is_shipped(cfg.filename):
+        return f'edit {key} in {cfg.filename}'
+    name = Path(cfg.filename).stem
+    return f'set --cfg-options {key}=..., or edit {key} in a copy: mmllava copy-cfg {name} .'
+
+
+def _made_by(path: str) -> str | None:
+    """``mmllava train CONFIG`` for a path inside ``work_dirs/CONFIG`` (the default work dir of
+    that config, run in the current folder), when CONFIG is a shipped config or a file here."""
+    parts = Path(os.path.normpath(path)).parts
+    if 'work_dirs' not in parts[:-1]:
+        return None
+    name = parts[parts.index('work_dirs') + 1]
+    if name in shipped_configs():
+        return f'mmllava train {name}'
+    if Path(name + '.py').is_file():
+        return f'mmllava train {name}.py'
+    return None
+
+
 def with_config_hint(cfg, error: MMLLaVAError) -> MMLLaVAError:
-    """``error`` with ``(edit VAR in CONFIG)`` appended when it is about the value of a top-level
-    config variable: a path that does not exist (``llm_name_or_path``, ``data_path``...) or a
-    message that starts with the variable's name (``max_length: ...``)."""
+    """``error`` with a hint appended when it is about the value of a top-level config variable:
+    a path that does not exist (``llm_name_or_path``, ``data_path``, ``pretrained_pth``...) or a
+    message that starts with the variable's name (``max_length: ...``).
+
+    The hint names the absolute path tried (relative paths are taken from the current folder),
+    the config run that writes a missing ``pretrained_pth``, and how to change the value
+    (``how_to_change``)."""
     message = str(error)
-    named = [key for key, value in cfg.items() if isinstance(value, str) and len(value) > 2
-             and (f'{value} does not exist' in message or f'not found: {value}' in message)]
-    named.sort(key=lambda key: -len(cfg[key]))  # the most specific path: data_path over data_root
-    named += [key for key in cfg.keys() if message.startswith(f'{key}: ')]
+    paths = [key for key, value in cfg.items() if isinstance(value, str) and len(value) > 2
+             and (f'{value} does not exist' in message or f'not found: {value}' in message
+                  or f'{value}: checkpoint not found' in message)]
+    paths.sort(key=lambda key: -len(cfg[key]))  # the most specific path: data_path over data_root
+    named = paths + [key for key in cfg.keys() if message.startswith(f'{key}: ')]
     if not named:
         return error
-    return MMLLaVAError(f'{message} (edit {named[0]} in {cfg.filename})')
+    key, hints = named[0], []
+    if paths and not os.path.isabs(cfg[key]):
+        hints.append(f'looked for {os.path.abspath(cfg[key])}: relative paths are taken from the current folder')
+    if paths and key == 'pretrained_pth':
+        made_by = _made_by(cfg[key])
+        run_first = f'it is written by `{made_by}`: run that here first, or ' if made_by else ''
+        hints.append(f'{run_first}train without it: --cfg-options pretrained_pth=None')
+    else:
+        hints.append(how_to_change(cfg, key))
+    return MMLLaVAError(f'{message} ({"; ".join(hints)})')

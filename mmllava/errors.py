@@ -17,3 +17,20 @@ class MMLLaVAError(Exception):
         if isinstance(message, str) and _REPLAYED.match(message):
             message = message.rstrip('\n').rsplit('\n', 1)[-1].split(': ', 1)[-1]
         super().__init__(message)
+
+
+class MissingExtraError(MMLLaVAError):
+    """A command needs an optional extra that is not installed. The CLI prints it as
+    ``mmllava VERB: needs the EXTRA extra: pip install 'mmllava[EXTRA]'``."""
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Import ``modules`` (the command needs them next anyway); if one is missing, raise
+    ``MissingExtraError`` naming the pip extra that installs them."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise MissingExtraError(f"needs the {extra} extra: pip install 'mmllava[{extra}]'") from None

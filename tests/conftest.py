@@ -19,17 +19,11 @@ def _seeded_torch():
 
 
 @pytest.fixture(scope='session')
-def tiny_zoo(tmp_path_factory) -> dict[str, Path]:
-    """``{name: folder}`` of the tiny model zoo, built once per session.
+def tiny_zoo() -> dict[str, Path]:
+    """``{name: folder}`` of the tiny model zoo: the folders the shipped tiny configs use
+    (``mmllava.tiny.cache``: ``$MMLLAVA_TINY_ZOO`` if set, else mmllava's cache folder), each
+    built there once if missing (``python tools/make_tiny_zoo.py DIR`` prebuilds a zoo)."""
+    from mmllava.tiny.cache import tiny_model_path
+    from mmllava.tiny.zoo import ZOO_NAMES
 
-    Set ``MMLLAVA_TINY_ZOO=DIR`` to reuse a zoo across sessions: models missing there are built
-    into it (``python tools/make_tiny_zoo.py DIR`` prebuilds it).
-    """
-    from mmllava.tiny.zoo import ZOO_NAMES, build_tiny_zoo, is_built
-
-    cached = os.environ.get('MMLLAVA_TINY_ZOO')
-    root = Path(cached) if cached else tmp_path_factory.mktemp('tiny_zoo')
-    missing = [name for name in ZOO_NAMES if not is_built(root / name)]
-    if missing:
-        build_tiny_zoo(root, names=missing)
-    return {name: root / name for name in ZOO_NAMES}
+    return {name: tiny_model_path(name) for name in ZOO_NAMES}

@@ -24,6 +24,8 @@ QUESTION = {'from': 'human', 'value': '<image>\nWhat shape is it?'}
 GOOD = {'image': 'good.png', 'conversations': [QUESTION, {'from': 'gpt', 'value': 'square'}]}
 TEXT = {'conversations': [{'from': 'human', 'value': 'Say hi.'}, {'from': 'gpt', 'value': 'hi'}]}
 ROLES = '(roles must alternate human/gpt, starting with human)'
+# A shipped config is never edited in place: the hint offers --cfg-options or a copy.
+CHANGE = 'set --cfg-options {key}=..., or edit {key} in a copy: mmllava copy-cfg ' + CONFIG + ' .'
 
 
 def _with(**fields):
@@ -78,22 +80,23 @@ CASES = [
          '{data}:1: 133 tokens > max_length=100: trailing turns are dropped', train=None, options=['max_length=100']),
     Case('unknown_template', [GOOD], "error: unknown prompt template 'nope'; valid names: "
          'internlm2_chat, llama3_chat, qwen_chat, vicuna, plain', options=['prompt_template=nope']),
-    Case('missing_llm_path', [GOOD], 'error: tokenizer: /nonexistent/llm does not exist (edit llm_name_or_path in {cfg})',
-         options=['llm_name_or_path=/nonexistent/llm']),
-    Case('missing_data_file', [GOOD], 'error: data file not found: missing.json (edit data_path in {cfg})',
+    Case('missing_llm_path', [GOOD], 'error: tokenizer: /nonexistent/llm does not exist ('
+         + CHANGE.format(key='llm_name_or_path') + ')', options=['llm_name_or_path=/nonexistent/llm']),
+    Case('missing_data_file', [GOOD], 'error: data file not found: missing.json (looked for {root}/missing.json: '
+         'relative paths are taken from the current folder; ' + CHANGE.format(key='data_path') + ')',
          options=['data_path=missing.json']),
     Case('bad_config_key', [GOOD], "error: {cfg}: --cfg-options max_lenght: the config has no variable named 'max_lenght'",
          options=['max_lenght=10']),
-    Case('bad_config_type', [GOOD], "error: max_length: expected a positive integer, got 'long' (edit max_length in {cfg})",
-         options=['max_length=long']),
+    Case('bad_config_type', [GOOD], "error: max_length: expected a positive integer, got 'long' ("
+         + CHANGE.format(key='max_length') + ')', options=['max_length=long']),
 ]
 
 
 @pytest.fixture(scope='module')
 def workspace(tmp_path_factory, tiny_zoo):
-    """A folder laid out like a user's: ``tiny_models`` (the zoo), ``images`` with good and bad files."""
+    """A folder laid out like a user's: ``images`` with good and bad files (the tiny models come
+    from the zoo the shipped config names)."""
     root = tmp_path_factory.mktemp('bad_input')
-    (root / 'tiny_models').symlink_to(tiny_zoo['clip_vit'].parent)
     images = root / 'images'
     images.mkdir()
     shutil.copy(SHAPES / 'train_0000.png', images / 'good.png')
@@ -119,7 +122,7 @@ def _arguments(verb: str, case: Case, root: Path) -> list[str]:
 def _expected(line: str, case: Case, root: Path) -> str:
     from mmllava.config import find_config
 
-    return line.format(data=case.name, images=root / 'images', cfg=find_config(CONFIG))
+    return line.format(data=case.name, images=root / 'images', cfg=find_config(CONFIG), root=root)
 
 
 def _assert_reported(verb: str, expected: str, code: int, out: str, err: str) -> None:

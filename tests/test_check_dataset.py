@@ -13,17 +13,23 @@ FINETUNE = 'llava_tiny_internlm2_chat_qlora_clip_finetune'
 
 @pytest.fixture
 def workspace(tmp_path, tiny_zoo, monkeypatch):
-    """The shipped tiny configs' relative paths (./tiny_models, ./data/synthetic) resolve here."""
-    (tmp_path / 'tiny_models').symlink_to(tiny_zoo['clip_vit'].parent)
-    (tmp_path / 'data').symlink_to(REPO / 'data')
+    """An empty folder: the shipped tiny configs find the tiny models and the synthetic data in
+    mmllava's cache folder from anywhere."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def test_check_dataset_passes_the_shipped_data(workspace, capsys):
+@pytest.fixture(scope='module')
+def synthetic():
+    from mmllava.tiny.cache import synthetic_data_path
+
+    return synthetic_data_path()
+
+
+def test_check_dataset_passes_the_shipped_data(workspace, synthetic, capsys):
     assert main(['check-dataset', FINETUNE]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        'data: data/synthetic/finetune.json',
+        f'data: {synthetic}/finetune.json',
         'samples: 260 (with image: 240, text-only: 20), turns: 1252',
         'tokens: min 24, median 101, p95 118, max 118; 0 longer than max_length=256',
         'problems: 0',
@@ -31,7 +37,7 @@ def test_check_dataset_passes_the_shipped_data(workspace, capsys):
     ]
 
 
-def test_check_dataset_counts_every_problem_not_just_the_first(workspace, capsys, tmp_path):
+def test_check_dataset_counts_every_problem_not_just_the_first(workspace, synthetic, capsys, tmp_path):
     import json
 
     samples = json.loads((REPO / 'data/synthetic/finetune.json').read_text())[:3]
@@ -39,7 +45,7 @@ def test_check_dataset_counts_every_problem_not_just_the_first(workspace, capsys
     samples[2]['conversations'][1]['value'] = ''
     (tmp_path / 'two_bad.json').write_text(json.dumps(samples))
     assert main(['check-dataset', FINETUNE, '--cfg-options', 'data_path=two_bad.json', 'max_length=110']) == 1
-    images = tmp_path / 'data/synthetic/images'
+    images = synthetic / 'images'
     assert capsys.readouterr().out.splitlines() == [
         'data: two_bad.json',
         'samples: 3 (with image: 3, text-only: 0), turns: 18',
@@ -52,10 +58,10 @@ def test_check_dataset_counts_every_problem_not_just_the_first(workspace, capsys
     ]
 
 
-def test_log_dataset_shows_what_the_model_sees(workspace, capsys):
+def test_log_dataset_shows_what_the_model_sees(workspace, synthetic, capsys):
     assert main(['log-dataset', FINETUNE, '--show', 'all']) == 0
-    assert capsys.readouterr().out == '''\
-=== data/synthetic/finetune.json:0: 116 tokens, 6 trained, image train_0000.png ===
+    assert capsys.readouterr().out == f'''\
+=== {synthetic}/finetune.json:0: 116 tokens, 6 trained, image train_0000.png ===
 --- text ---
 <s><|im_start|>user
 <image x 64>
@@ -82,13 +88,13 @@ yellow<|im_end|>
 '''
 
 
-def test_log_dataset_one_view_several_samples(workspace, capsys):
+def test_log_dataset_one_view_several_samples(workspace, synthetic, capsys):
     assert main(['log-dataset', 'llava_tiny_internlm2_chat_clip_pretrain', '--show', 'masked_text', '-n', '2']) == 0
-    assert capsys.readouterr().out == '''\
-=== data/synthetic/pretrain.json:0: 82 tokens, 8 trained, image train_0000.png ===
+    assert capsys.readouterr().out == f'''\
+=== {synthetic}/pretrain.json:0: 82 tokens, 8 trained, image train_0000.png ===
 --- masked_text ---
 [-100 x 4]<image x 64>[-100 x 5]one yellow square on the right.<|im_end|>[-100 x 1]
-=== data/synthetic/pretrain.json:1: 82 tokens, 8 trained, image train_0001.png ===
+=== {synthetic}/pretrain.json:1: 82 tokens, 8 trained, image train_0001.png ===
 --- masked_text ---
 [-100 x 4]<image x 64>[-100 x 5]one blue circle on the right.<|im_end|>[-100 x 1]
 '''

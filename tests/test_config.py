@@ -74,7 +74,7 @@ def test_config_that_raises_is_reported_with_its_path(tmp_path):
     path.write_text('x = 1\ny = undefined_name\n')
     with pytest.raises(MMLLaVAError) as e:
         load_config(path)
-    assert str(e.value).startswith(f'{path}: the config failed to load: NameError')
+    assert str(e.value) == f"{path}:2: the config failed to load: NameError: name 'undefined_name' is not defined"
 
 
 def test_syntax_error_names_file_and_line(tmp_path):

@@ -23,7 +23,12 @@ def run(args):
 
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
     # The dataset logs skipped samples as a warning; here the report lists them, so keep quiet.
-    MMLogger.get_instance('mmllava_check_dataset', log_level='ERROR')
+    # An existing one is made current again without arguments (mmengine warns when given any).
+    name = 'mmllava_check_dataset'
+    if MMLogger.check_instance_created(name):
+        MMLogger.get_instance(name)
+    else:
+        MMLogger.get_instance(name, log_level='ERROR')
     with reported_config_errors(cfg):
         dataset = build_training_dataset(cfg, skip_bad_samples=True)
     report = inspect_dataset(dataset, read_samples(dataset.data_path), verify_images=not args.no_verify_images)

@@ -20,6 +20,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    from mmllava.errors import require_extra
+    require_extra('serve', 'gradio')
     import os
 
     from mmllava.errors import MMLLaVAError

@@ -53,6 +53,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    from mmllava.errors import require_extra
+    require_extra('serve', 'fastapi', 'uvicorn')
     import os
     from pathlib import Path
 

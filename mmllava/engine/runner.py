@@ -80,11 +80,13 @@ def _visualizer(cfg) -> None:
 
 
 def _custom_hooks(cfg) -> None:
+    from mmllava.engine.console import TrainSummaryHook
     from mmllava.engine.hooks import ThroughputHook
 
     hooks = list(cfg.get('custom_hooks') or [])
-    if not any(isinstance(h, dict) and _type_name(h.get('type')) == 'ThroughputHook' for h in hooks):
-        hooks.append(dict(type=_lazy(ThroughputHook)))
+    for hook in (ThroughputHook, TrainSummaryHook):
+        if not any(isinstance(h, dict) and _type_name(h.get('type')) == hook.__name__ for h in hooks):
+            hooks.append(dict(type=_lazy(hook)))
     cfg.custom_hooks = hooks
 
 
@@ -100,6 +102,11 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
     for key in ('model', 'train_dataloader', 'optim_wrapper', 'train_cfg'):
         if cfg.get(key) is None:
             raise MMLLaVAError(f'{cfg.filename}: the config defines no `{key}`, so it cannot train')
+    pretrained = cfg.model.get('pretrained_pth') if isinstance(cfg.model, dict) else None
+    if isinstance(pretrained, str) and not os.path.exists(pretrained):
+        # before the dataset and the model are built: a fine-tune run before its pretrain run
+        # stops at once (mmllava.config.with_config_hint names the run that writes it)
+        raise MMLLaVAError(f'{pretrained}: checkpoint not found')
     cfg = copy.deepcopy(cfg)
     cfg.work_dir = work_dir
     cfg.setdefault('experiment_name', f'{os.path.splitext(os.path.basename(cfg.filename or "config"))[0]}'
@@ -130,15 +137,17 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
     return cfg
 
 
-def build_runner(cfg):
-    """Build the mmengine runner for a config from ``prepare_config``."""
+def build_runner(cfg, verbose: bool = False):
+    """Build the mmengine runner for a config from ``prepare_config``. The terminal gets the train
+    console (``mmllava.engine.console``); ``verbose`` shows the log file's whole content there too."""
     from mmengine.runner import FlexibleRunner, Runner
 
     from mmllava.config import build
-    from mmllava.engine import compat
+    from mmllava.engine import compat, console
     from mmllava.engine.machine import format_machine_facts, machine_facts
 
     compat.apply()
+    console.install(verbose)
     runner_type = cfg.get('runner_type', 'Runner')
     runner_cls = {'Runner': Runner, 'FlexibleRunner': FlexibleRunner}.get(_type_name(runner_type))
     if runner_cls is None:

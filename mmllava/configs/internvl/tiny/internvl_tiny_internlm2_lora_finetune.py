@@ -1,6 +1,7 @@
 # Tiny CPU counterpart of internvl_v2_internlm2_2b_lora_finetune_food: the tiny official-layout InternVL2
 # (InternViT 56 px tiles, 16 tokens each, InternLM2 LLM) LoRA-fine-tuned on the shipped synthetic shapes data.
-# Build the tiny models first:  python tools/make_tiny_zoo.py tiny_models
+# {{tiny_models}} and {{tiny_data}}: the tiny models and the synthetic data, built on first use into
+# mmllava's cache folder. Other paths are taken from the current folder.
 import torch
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
@@ -18,10 +19,10 @@ from mmllava.models import InternVLModel
 #                          PART 1  Settings                           #
 #######################################################################
 # Model
-path = './tiny_models/internvl2_official'
+path = '{{tiny_models}}/internvl2_official'
 
 # Data
-data_root = './data/synthetic/'
+data_root = '{{tiny_data}}/'
 data_path = data_root + 'finetune.json'
 image_folder = data_root + 'images'
 prompt_template = 'internlm2_chat'

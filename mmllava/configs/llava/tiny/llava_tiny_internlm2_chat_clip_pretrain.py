@@ -1,7 +1,8 @@
 # Tiny CPU counterpart of llava_internlm2_chat_1_8b_clip_vit_large_p14_336_e1_gpu8_pretrain:
 # trains the projector between the tiny CLIP and the tiny InternLM2-format LLM (both frozen) on
 # the captions of the shipped synthetic shapes data.
-# Build the tiny models first:  python tools/make_tiny_zoo.py tiny_models
+# {{tiny_models}} and {{tiny_data}}: the tiny models and the synthetic data, built on first use into
+# mmllava's cache folder. Other paths are taken from the current folder.
 import torch
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
@@ -16,11 +17,11 @@ from mmllava.models import LLaVAModel
 #                          PART 1  Settings                           #
 #######################################################################
 # Model
-llm_name_or_path = './tiny_models/internlm2_chat'
-visual_encoder_name_or_path = './tiny_models/clip_vit'
+llm_name_or_path = '{{tiny_models}}/internlm2_chat'
+visual_encoder_name_or_path = '{{tiny_models}}/clip_vit'
 
 # Data
-data_root = './data/synthetic/'
+data_root = '{{tiny_data}}/'
 data_path = data_root + 'pretrain.json'
 image_folder = data_root + 'images'
 prompt_template = 'internlm2_chat'

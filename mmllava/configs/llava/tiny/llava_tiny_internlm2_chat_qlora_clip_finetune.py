@@ -1,7 +1,8 @@
 # Tiny CPU counterpart of llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune:
 # the tiny InternLM2-format LLM (QLoRA, NF4 on CPU) + tiny CLIP (LoRA) fine-tuned on the shipped
 # synthetic shapes data, starting from the projector of llava_tiny_internlm2_chat_clip_pretrain.
-# Build the tiny models first:  python tools/make_tiny_zoo.py tiny_models
+# {{tiny_models}} and {{tiny_data}}: the tiny models and the synthetic data, built on first use into
+# mmllava's cache folder. Other paths are taken from the current folder.
 import torch
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
@@ -18,13 +19,13 @@ from mmllava.models import LLaVAModel
 #                          PART 1  Settings                           #
 #######################################################################
 # Model
-llm_name_or_path = './tiny_models/internlm2_chat'
-visual_encoder_name_or_path = './tiny_models/clip_vit'
+llm_name_or_path = '{{tiny_models}}/internlm2_chat'
+visual_encoder_name_or_path = '{{tiny_models}}/clip_vit'
 # The projector from the pretrain stage: our iter_N.pth, XTuner's iter_2181.pth or LLaVA's mm_projector.bin
 pretrained_pth = './work_dirs/llava_tiny_internlm2_chat_clip_pretrain'  # a work dir means its last checkpoint
 
 # Data
-data_root = './data/synthetic/'
+data_root = '{{tiny_data}}/'
 data_path = data_root + 'finetune.json'
 image_folder = data_root + 'images'
 prompt_template = 'internlm2_chat'

@@ -1,7 +1,8 @@
 # Tiny CPU counterpart of llava_llama3_8b_instruct_qlora_clip_vit_large_p14_336_lora_e1_finetune:
 # the tiny Llama-3-format LLM (QLoRA, NF4 on CPU) + tiny CLIP (LoRA) fine-tuned on the shipped
 # synthetic shapes data, starting from the projector of llava_tiny_llama3_instruct_clip_pretrain.
-# Build the tiny models first:  python tools/make_tiny_zoo.py tiny_models
+# {{tiny_models}} and {{tiny_data}}: the tiny models and the synthetic data, built on first use into
+# mmllava's cache folder. Other paths are taken from the current folder.
 import torch
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
@@ -18,13 +19,13 @@ from mmllava.models import LLaVAModel
 #                          PART 1  Settings                           #
 #######################################################################
 # Model
-llm_name_or_path = './tiny_models/llama3_instruct'
-visual_encoder_name_or_path = './tiny_models/clip_vit'
+llm_name_or_path = '{{tiny_models}}/llama3_instruct'
+visual_encoder_name_or_path = '{{tiny_models}}/clip_vit'
 # The projector from the pretrain stage: our iter_N.pth, XTuner's iter_2181.pth or LLaVA's mm_projector.bin
 pretrained_pth = './work_dirs/llava_tiny_llama3_instruct_clip_pretrain'  # a work dir means its last checkpoint
 
 # Data
-data_root = './data/synthetic/'
+data_root = '{{tiny_data}}/'
 data_path = data_root + 'finetune.json'
 image_folder = data_root + 'images'
 prompt_template = 'llama3_chat'

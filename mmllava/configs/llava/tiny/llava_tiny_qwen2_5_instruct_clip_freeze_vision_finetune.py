@@ -1,6 +1,7 @@
 # Tiny CPU counterpart of llava_qwen2_5_3b_instruct_clip_vit_large_p14_336_freeze_vision_finetune (freeze_vision):
 # the tiny Qwen2.5-format LLM + tiny CLIP on the shipped synthetic shapes data.
-# Build the tiny models first:  python tools/make_tiny_zoo.py tiny_models
+# {{tiny_models}} and {{tiny_data}}: the tiny models and the synthetic data, built on first use into
+# mmllava's cache folder. Other paths are taken from the current folder.
 import torch
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
@@ -15,13 +16,13 @@ from mmllava.models import LLaVAModel
 #                          PART 1  Settings                           #
 #######################################################################
 # Model
-llm_name_or_path = './tiny_models/qwen2_5_instruct'
-visual_encoder_name_or_path = './tiny_models/clip_vit'
+llm_name_or_path = '{{tiny_models}}/qwen2_5_instruct'
+visual_encoder_name_or_path = '{{tiny_models}}/clip_vit'
 # The projector from the pretrain stage: our iter_N.pth, XTuner's iter_2181.pth or LLaVA's mm_projector.bin
 pretrained_pth = './work_dirs/llava_tiny_qwen2_5_instruct_clip_pretrain'  # a work dir means its last checkpoint
 
 # Data
-data_root = './data/synthetic/'
+data_root = '{{tiny_data}}/'
 data_path = data_root + 'finetune.json'
 image_folder = data_root + 'images'
 prompt_template = 'qwen_chat'
