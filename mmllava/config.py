@@ -154,9 +154,55 @@ def load_config(name_or_path: str | os.PathLike, cfg_options: dict[str, Any] | N
         raise MMLLaVAError(f'{path}: the config failed to load: {type(e).__name__}: {e}') from None
     if dotted:
         cfg.merge_from_dict(dotted, allow_list_keys=True)
+    restore_objects(cfg._cfg_dict)
     # Keep the user's path (not the temporary copy) for work-dir naming and logging.
     object.__setattr__(cfg, '_filename', str(path))
     return cfg
+
+
+def _dumped_object(value: str, is_type: bool):
+    """The object a dumped config names by its import path, or ``None`` when ``value`` is not one:
+    a torch dtype (``'torch.bfloat16'``) anywhere, an importable ``type`` (``'mmllava.models.LLaVAModel'``)."""
+    import torch
+
+    if value.startswith('torch.') and isinstance(getattr(torch, value[6:], None), torch.dtype):
+        return getattr(torch, value[6:])
+    if is_type and '.' in value:
+        module, _, attr = value.rpartition('.')
+        with contextlib.suppress(ImportError, AttributeError, ValueError):
+            return getattr(importlib.import_module(module), attr)
+    return None
+
+
+def restore_objects(node: Any) -> Any:
+    """Turn the import paths of a dumped config back into the objects they name, in place.
+
+    mmengine dumps a config's classes, functions and dtypes as strings (``type='mmllava.models.LLaVAModel'``,
+    ``torch_dtype='torch.bfloat16'``), as in the copy ``train`` writes into the work dir and in XTuner's
+    work dirs. Code that compares ``type`` with a class, or passes a dtype to transformers, would fail on
+    them, so every config is read back with the objects (XTuner restores dtypes the same way). A
+    ``type`` that does not import (a registry name like ``'OptimWrapper'``) stays a string.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                restored = _dumped_object(value, key == 'type')
+                if restored is not None:
+                    node[key] = restored
+            else:
+                restore_objects(value)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            if isinstance(value, str):
+                restored = _dumped_object(value, False)
+                if restored is not None:
+                    node[i] = restored
+            else:
+                restore_objects(value)
+    elif isinstance(node, tuple):
+        for value in node:
+            restore_objects(value)  # tuples of dicts (rare) are restored inside; tuple items stay
+    return node
 
 
 def _resolve_type(obj_type):
