@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from mmllava.chat.loader import ChatModel, _template
+from mmllava.chat.loader import ChatModel, _template, chat_model_for
 from mmllava.constants import IMAGE_TOKEN_INDEX
 
 # InternVL's conversation template names -> ours.
@@ -51,6 +51,5 @@ def load_internvl_chat(path: Path, template: str | None, dtype, quantization) ->
                           use_activation_checkpointing=False)
     stored = model.official_config.get('prompt_template') or _OFFICIAL_TEMPLATES.get(
         model.official_config.get('template'))
-    image_processor = load_internvl_image_processor(path)
-    return InternVLChatModel('internvl', model.eval(), load_tokenizer(path), _template(template, stored, path),
-                             image_processor, image_processor.tokens_per_tile)
+    return chat_model_for(model.eval(), load_tokenizer(path), _template(template, stored, path),
+                          load_internvl_image_processor(path))

@@ -77,13 +77,30 @@ class ChatModel:
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **kwargs) -> list[int]:
         """New token ids for the prompt ``input_ids`` (images in order in ``pixel_values``)."""
         mask = torch.ones_like(input_ids)
+        # A text-only turn passes no pixel_values at all: transformers' Llava runs its vision tower
+        # on an explicit pixel_values=None inside generate (AttributeError on None.shape).
+        images = {} if pixel_values is None else {'pixel_values': pixel_values}
         if self.kind in OUR_MODEL_KINDS:
-            out = self.model.generate(input_ids, pixel_values=pixel_values, attention_mask=mask, **kwargs)
-        elif self.kind == 'hf_llava':
-            out = self.model.generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=mask, **kwargs)
+            out = self.model.generate(input_ids, attention_mask=mask, **images, **kwargs)
         else:
-            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **images, **kwargs)
         return out[0, self.prompt_length_in_output(input_ids):].tolist()
+
+
+def chat_model_for(model, tokenizer, template: str | PromptTemplate, image_processor=None) -> ChatModel:
+    """A :class:`ChatModel` around an in-memory ``LLaVAModel`` or ``InternVLModel`` (a training
+    config's model: ``eval --checkpoint`` and ``EvaluateChatHook``), so they build prompts and
+    generate exactly as ``chat`` and ``serve`` do with an export of it."""
+    from mmllava.models import InternVLModel
+
+    template = template if isinstance(template, PromptTemplate) else get_template(template)
+    if isinstance(model, InternVLModel):
+        from mmllava.chat.internvl import InternVLChatModel
+
+        return InternVLChatModel('internvl', model, tokenizer, template, image_processor,
+                                 getattr(image_processor, 'tokens_per_tile', 0))
+    return ChatModel('llava', model, tokenizer, template, image_processor,
+                     getattr(image_processor, 'num_image_tokens', 0))
 
 
 def _template(name: str | None, stored: str | None, source: Path) -> PromptTemplate:

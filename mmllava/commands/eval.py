@@ -24,16 +24,14 @@ def add_arguments(parser):
 
 
 def _checkpoint_chat_model(args):
-    """A ``ChatModel`` around the LLaVA model of a config with a training checkpoint loaded."""
-    from mmllava.chat.loader import ChatModel
+    """A ``ChatModel`` around the LLaVA or InternVL model of a config with a training checkpoint loaded."""
+    from mmllava.chat.loader import chat_model_for
     from mmllava.config import build, parse_cfg_options
     from mmllava.convert.pth_to_hf import load_trained_model
-    from mmllava.templates import get_template
 
     model, cfg = load_trained_model(args.model, args.checkpoint, parse_cfg_options(args.cfg_options))
-    processor = build(cfg.image_processor)
-    return ChatModel('llava', model, build(cfg.tokenizer), get_template(args.prompt_template or cfg.prompt_template),
-                     processor, processor.num_image_tokens)
+    return chat_model_for(model, build(cfg.tokenizer), args.prompt_template or cfg.prompt_template,
+                          build(cfg.image_processor))
 
 
 def run(args):
