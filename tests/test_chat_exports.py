@@ -100,7 +100,8 @@ def test_text_only_llm_and_interactive_loop(tiny_zoo, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['MODEL', '--image', 'missing.png', '--prompt', 'hi'], 'image file not found: missing.png'),
+    (['MODEL', '--image', 'missing.png', '--prompt', 'hi'], '--image: image file not found: {tmp}/missing.png '
+                                                            '(a relative path is read from the current folder {tmp})'),
     (['MODEL', '--bits', '4', '--prompt', 'hi'], '--bits 4 needs a CUDA GPU (bitsandbytes inference); '
                                                  'none is available here'),
     (['{qwen}', '--prompt', 'hi'], '{qwen} does not record its prompt template; pass --prompt-template '

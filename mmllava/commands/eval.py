@@ -10,7 +10,9 @@ def add_arguments(parser):
     parser.add_argument('model', metavar='CONFIG_OR_MODEL',
                         help='model folder (as for chat), or a config with --checkpoint')
     parser.add_argument('--data', required=True, metavar='FILE', help='LLaVA-format .json / .jsonl to evaluate on')
-    parser.add_argument('--image-folder', metavar='DIR', help='folder the samples\' image paths are relative to')
+    parser.add_argument('--image-folder', metavar='DIR',
+                        help="folder the samples' image paths are relative to (default: the current folder, "
+                             "else the data file's folder or its images/ when the paths resolve there)")
     parser.add_argument('--out', metavar='PRED.jsonl', help='write per-sample predictions here')
     parser.add_argument('--checkpoint', metavar='PTH', help='training checkpoint (CONFIG_OR_MODEL is its config)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE', help='config overrides (with --checkpoint)')
@@ -59,6 +61,8 @@ def run(args):
         print(f'[{record["index"]}] {mark} {record["prediction"]!r}', flush=True)
 
     result = evaluate(session, args.data, args.image_folder, args.out, args.limit, progress, args.system)
+    if args.image_folder is None and result['image_folder'] is not None:
+        print(f'image paths read relative to {result["image_folder"]} (beside --data; --image-folder to change)')
     kind = {0: 'exact-match', result['total']: 'multiple-choice'}.get(result['multiple_choice'], 'mixed')
     print(f'{kind} accuracy: {result["correct"]}/{result["total"]} = {result["accuracy"]:.4f}')
     if args.out:
