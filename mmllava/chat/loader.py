@@ -5,10 +5,13 @@
 | ``LLM --llava XTUNER_EXPORT [--visual-encoder VE]`` | ``llava`` | an ``LLaVAModel`` splices projected features at ``IMAGE_TOKEN_INDEX`` positions |
 | ``HF_EXPORT`` (a ``LlavaForConditionalGeneration`` folder) | ``hf_llava`` | transformers' own model, ``<image>`` id x ``image_seq_length`` |
 | ``INTERNVL_DIR`` (an official InternVL folder or export) | ``internvl`` | an ``InternVLModel``; each image is tiled, ``<img>`` + positions + ``</img>`` (``mmllava.chat.internvl``) |
+| ``HF_INTERNVL`` (an ``InternVLForConditionalGeneration`` folder: our huggingface export) | ``hf_internvl`` | transformers' own model, tiled the same way, ``<IMG_CONTEXT>`` at the positions |
 | ``LLM`` | ``llm`` | text only |
 
 Every kind shares the prompt path: our template renders the conversation, ``<image>`` becomes the
-image positions, and generation returns only the new token ids.
+image positions, and generation returns only the new token ids. ``chat_model_for`` puts a training
+config's in-memory model on the same path (``eval --checkpoint``, ``EvaluateChatHook``). A turn
+without an image is text only for every kind.
 """
 from __future__ import annotations
 
@@ -228,6 +231,10 @@ def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = 
         from mmllava.chat.internvl import load_internvl_chat
 
         chat = load_internvl_chat(path, prompt_template, dtype, quantization)
+    elif model_type == 'internvl':
+        from mmllava.chat.internvl import load_hf_internvl_chat
+
+        chat = load_hf_internvl_chat(path, prompt_template, dtype, quantization, device)
     elif str(model_type).startswith('llava_'):
         raise MMLLaVAError(f'{path}: the original LLaVA layout ({model_type}) cannot be chatted with here; '
                            'convert with --save-format huggingface or xtuner')
