@@ -161,16 +161,19 @@ def load_config(name_or_path: str | os.PathLike, cfg_options: dict[str, Any] | N
 
 
 def _dumped_object(value: str, is_type: bool):
-    """The object a dumped config names by its import path, or ``None`` when ``value`` is not one:
-    a torch dtype (``'torch.bfloat16'``) anywhere, an importable ``type`` (``'mmllava.models.LLaVAModel'``)."""
+    """The lazy import (as mmengine keeps a config's imports) of what a dumped config names by its
+    import path, or ``None`` when ``value`` is not one: a torch dtype (``'torch.bfloat16'``)
+    anywhere, an importable ``type`` (``'mmllava.models.LLaVAModel'``)."""
     import torch
+    from mmengine.config.lazy import LazyAttr, LazyObject
 
     if value.startswith('torch.') and isinstance(getattr(torch, value[6:], None), torch.dtype):
-        return getattr(torch, value[6:])
+        return LazyAttr(value[6:], LazyObject('torch'))
     if is_type and '.' in value:
         module, _, attr = value.rpartition('.')
         with contextlib.suppress(ImportError, AttributeError, ValueError):
-            return getattr(importlib.import_module(module), attr)
+            getattr(importlib.import_module(module), attr)
+            return LazyObject(module, attr)
     return None
 
 
@@ -180,28 +183,26 @@ def restore_objects(node: Any) -> Any:
     mmengine dumps a config's classes, functions and dtypes as strings (``type='mmllava.models.LLaVAModel'``,
     ``torch_dtype='torch.bfloat16'``), as in the copy ``train`` writes into the work dir and in XTuner's
     work dirs. Code that compares ``type`` with a class, or passes a dtype to transformers, would fail on
-    them, so every config is read back with the objects (XTuner restores dtypes the same way). A
-    ``type`` that does not import (a registry name like ``'OptimWrapper'``) stays a string.
+    them, so every config is read back with the objects (XTuner restores dtypes the same way). They are
+    kept as mmengine's lazy imports, as a config's own imports are, so the config dumps the same
+    strings again. A ``type`` that does not import (a registry name like ``'OptimWrapper'``) stays a string.
     """
     if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, str):
-                restored = _dumped_object(value, key == 'type')
-                if restored is not None:
-                    node[key] = restored
-            else:
-                restore_objects(value)
+        items = list(dict.items(node))  # the stored values: ConfigDict.items() would build lazy imports
     elif isinstance(node, list):
-        for i, value in enumerate(node):
-            if isinstance(value, str):
-                restored = _dumped_object(value, False)
-                if restored is not None:
-                    node[i] = restored
-            else:
-                restore_objects(value)
-    elif isinstance(node, tuple):
-        for value in node:
-            restore_objects(value)  # tuples of dicts (rare) are restored inside; tuple items stay
+        items = list(enumerate(node))
+    else:
+        return node
+    for key, value in items:
+        if isinstance(value, str):
+            restored = _dumped_object(value, key == 'type')
+            if restored is not None:
+                node[key] = restored
+        elif isinstance(value, (dict, list)):
+            restore_objects(value)
+        elif isinstance(value, tuple):
+            for item in value:  # a tuple's items stay; dicts inside it are restored in place
+                restore_objects(item)
     return node
 
 
