@@ -121,18 +121,23 @@ def test_eval_of_the_checkpoint_and_of_every_export_agree(run, tiny_zoo, capsys,
         assert _predictions(capsys, tmp_path / f'{fmt}.jsonl', *_model_args(run, fmt, tiny_zoo)) == expected, fmt
 
 
-def _checkpoint_answers(run, turns) -> list[str]:
-    """``ChatSession`` answers (greedy, 6 new tokens) of the training checkpoint, loaded as ``eval
-    --checkpoint`` loads it, to ``turns`` of ``(text, image or None)``."""
+def _checkpoint_session(run, max_new_tokens: int):
+    """``(model, ChatSession)`` of the training checkpoint, loaded as ``eval --checkpoint`` loads it (greedy)."""
     from mmllava.chat.loader import chat_model_for
     from mmllava.chat.session import ChatSession, GenerationSettings
     from mmllava.config import build
     from mmllava.convert.pth_to_hf import load_trained_model
-    from mmllava.data.image import load_image
 
     model, cfg = load_trained_model(run['config'], run['checkpoint'])
     chat_model = chat_model_for(model, build(cfg.tokenizer), cfg.prompt_template, build(cfg.image_processor))
-    session = ChatSession(chat_model, settings=GenerationSettings(max_new_tokens=6))
+    return model, ChatSession(chat_model, settings=GenerationSettings(max_new_tokens=max_new_tokens))
+
+
+def _checkpoint_answers(run, turns) -> list[str]:
+    """The checkpoint's answers (6 new tokens) to ``turns`` of ``(text, image or None)``, in one conversation."""
+    from mmllava.data.image import load_image
+
+    _, session = _checkpoint_session(run, 6)
     return [session.ask(text, image=load_image(image) if image else None) for text, image in turns]
 
 
@@ -162,25 +167,18 @@ def test_text_only_turns_in_chat_for_every_export(run, tiny_zoo, capsys):
 
 def test_evaluate_chat_hook_answered_as_chat_does(run):
     """The run's log holds the hook's answers after training; they are the checkpoint's chat answers."""
-    from mmllava.chat.loader import chat_model_for
-    from mmllava.chat.session import ChatSession, GenerationSettings
-    from mmllava.config import build
-    from mmllava.convert.pth_to_hf import load_trained_model
     from mmllava.data.image import load_image
     from mmllava.engine import EvaluateChatHook
 
     log = next(run['work_dir'].glob('*/*.log')).read_text()
     block = log[log.index('EvaluateChatHook (after training):'):]
-    line = re.search(r"\] 'What color is the shape\?' -> (.*)\n", block).group(1)
-    logged = ast.literal_eval(line)
-    model, cfg = load_trained_model(run['config'], run['checkpoint'])
-    chat_model = chat_model_for(model, build(cfg.tokenizer), cfg.prompt_template, build(cfg.image_processor))
-    session = ChatSession(chat_model, settings=GenerationSettings(max_new_tokens=16))
+    logged = ast.literal_eval(re.search(r"\] 'What color is the shape\?' -> (.*)\n", block).group(1))
+    model, session = _checkpoint_session(run, 16)
     assert logged and logged == session.ask(QUESTION, image=load_image(IMAGE)).strip()
     assert 'EvaluateChatHook (before training):' in log
 
     # without evaluation_images the hook asks text only, as a chat turn without an image
-    hook = EvaluateChatHook(tokenizer=cfg.tokenizer, evaluation_inputs=['hi'], prompt_template=cfg.prompt_template,
-                            max_new_tokens=16)
+    hook = EvaluateChatHook(tokenizer=session.chat_model.tokenizer, evaluation_inputs=['hi'],
+                            prompt_template=session.chat_model.template.name, max_new_tokens=16)
     session.reset()
     assert hook.answers(model) == [f"[no image] 'hi' -> {session.ask('hi').strip()!r}"]
