@@ -13,10 +13,10 @@ PROMPT = 'What colour is the circle?'
 
 @pytest.fixture(scope='module')
 def exports(tiny_zoo, tmp_path_factory):
-    """xtuner and huggingface (fp32) exports of one LoRA checkpoint, and an image file."""
+    """xtuner, huggingface and official (fp32) exports of one LoRA checkpoint, and an image file."""
     root = tmp_path_factory.mktemp('chat')
     make_checkpoint(tiny_zoo, root / 'iter_5.pth', qlora=False, scale=0.02)
-    for fmt in ('xtuner', 'huggingface'):
+    for fmt in ('xtuner', 'huggingface', 'official'):
         assert main(['convert', 'pth_to_hf', FINETUNE, str(root / 'iter_5.pth'), str(root / fmt), '--fp32',
                      '--save-format', fmt, '--cfg-options', *cfg_options(tiny_zoo, qlora=False)]) == 0
     sample_image().save(root / 'image.png')
@@ -117,3 +117,27 @@ def test_chat_errors(tiny_zoo, tmp_path, capsys, monkeypatch, args, message):
     args = [a.format(**fill) if a != 'MODEL' else str(tiny_zoo['qwen2_5_instruct']) for a in args]
     assert main(['chat', *args]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == 'mmllava chat: error: ' + message.format(**fill)
+
+
+def test_official_llava_layout_chats_as_the_huggingface_export(exports, tmp_path, capsys):
+    """The original LLaVA layout: the LLM with model.mm_projector, the tower named by mm_vision_tower
+    (moved away: --visual-encoder names it, else a one-line error)."""
+    import json
+    import shutil
+
+    image = str(exports / 'image.png')
+    turns = ['--image', image, '--prompt', PROMPT, '--prompt', 'And its shape?', '--no-streamer']
+    expected = chat(capsys, str(exports / 'huggingface'), *turns)
+    assert chat(capsys, str(exports / 'official'), *turns) == expected
+    moved = tmp_path / 'official'
+    shutil.copytree(exports / 'official', moved)
+    shutil.move(moved / 'visual_encoder', tmp_path / 'vision')
+    config = json.loads((moved / 'config.json').read_text())
+    assert config['mm_vision_tower'] == str((exports / 'official' / 'visual_encoder').resolve())
+    config['mm_vision_tower'] = 'openai/clip-vit-large-patch14-336'  # LLaVA's own folders name a hub id
+    (moved / 'config.json').write_text(json.dumps(config))
+    assert chat(capsys, str(moved), '--visual-encoder', str(tmp_path / 'vision'), *turns) == expected
+    assert main(['chat', str(moved), '--prompt', 'hi']) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mmllava chat: error: {moved}: mm_vision_tower 'openai/clip-vit-large-patch14-336' is not a local "
+        'vision encoder folder: pass --visual-encoder PATH')

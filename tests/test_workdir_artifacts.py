@@ -116,8 +116,6 @@ def test_eval_of_the_checkpoint_and_of_every_export_agree(run, tiny_zoo, capsys,
                             '--checkpoint', str(run['checkpoint']))
     assert len(expected) == 3 and any(p.strip() for p in expected)
     for fmt in run['exports']:
-        if fmt == 'official' and run['family'] == 'llava':
-            continue  # the original LLaVA layout needs LLaVA's code (refused: see the chat test)
         assert _predictions(capsys, tmp_path / f'{fmt}.jsonl', *_model_args(run, fmt, tiny_zoo)) == expected, fmt
 
 
@@ -154,11 +152,6 @@ def test_text_only_turns_in_chat_for_every_export(run, tiny_zoo, capsys):
     assert text_first[0].strip() and image_then_text[1].strip()
     assert image_then_text[1] != text_first[0]  # the second turn sees the first (image) turn
     for fmt in run['exports']:
-        if fmt == 'official' and run['family'] == 'llava':  # LLaVA's own code reads it; mmllava says so
-            capsys.readouterr()
-            assert main(['chat', str(run['exports'][fmt]), '--prompt', 'hi']) == 1
-            assert 'convert with --save-format huggingface or xtuner' in capsys.readouterr().err
-            continue
         args = _model_args(run, fmt, tiny_zoo)
         assert _chat(capsys, *args, '--prompt', 'hi') == text_first, fmt
         assert _chat(capsys, *args, '--image', str(IMAGE), '--prompt', QUESTION, '--prompt', 'hi') == \

@@ -7,7 +7,8 @@ import sys
 def add_arguments(parser):
     parser.add_argument('model', metavar='MODEL', help='LLM folder, or a LLaVA (huggingface export) folder')
     parser.add_argument('--llava', metavar='DIR', help='xtuner-format export (projector/, llm_adapter/, ...)')
-    parser.add_argument('--visual-encoder', metavar='PATH', help='CLIP vision encoder folder (with --llava)')
+    parser.add_argument('--visual-encoder', metavar='PATH',
+                        help='CLIP vision encoder folder (with --llava; or for an original-layout LLaVA folder)')
     parser.add_argument('--prompt-template', metavar='NAME', help='prompt template (default: the one the export records)')
     parser.add_argument('--image', metavar='PATH', help='image to ask about (attached to the first turn)')
     parser.add_argument('--system', metavar='TEXT', help='system prompt')

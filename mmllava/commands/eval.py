@@ -17,7 +17,8 @@ def add_arguments(parser):
     parser.add_argument('--checkpoint', metavar='PTH', help='training checkpoint (CONFIG_OR_MODEL is its config)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE', help='config overrides (with --checkpoint)')
     parser.add_argument('--llava', metavar='DIR', help='xtuner-format export (projector/, llm_adapter/, ...)')
-    parser.add_argument('--visual-encoder', metavar='PATH', help='CLIP vision encoder folder (with --llava)')
+    parser.add_argument('--visual-encoder', metavar='PATH',
+                        help='CLIP vision encoder folder (with --llava; or for an original-layout LLaVA folder)')
     parser.add_argument('--prompt-template', metavar='NAME', help='prompt template (default: the one the export records)')
     parser.add_argument('--system', metavar='TEXT', help='system prompt for samples without their own')
     parser.add_argument('--limit', type=int, metavar='N', help='evaluate the first N samples only')
