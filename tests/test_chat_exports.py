@@ -141,3 +141,14 @@ def test_official_llava_layout_chats_as_the_huggingface_export(exports, tmp_path
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"mmllava chat: error: {moved}: mm_vision_tower 'openai/clip-vit-large-patch14-336' is not a local "
         'vision encoder folder: pass --visual-encoder PATH')
+
+    # image_aspect_ratio='pad' (a config with pad_image_to_square): images are padded as in training
+    from mmllava.chat.loader import load_chat_model
+    from mmllava.data.image import expand2square
+
+    (moved / 'config.json').write_text(json.dumps({**config, 'image_aspect_ratio': 'pad'}))
+    chat_model = load_chat_model(moved, visual_encoder=tmp_path / 'vision', torch_dtype='float32')
+    processor = chat_model.image_processor
+    padded = processor(expand2square(sample_image(), processor.background_rgb))[None]
+    assert chat_model.pad_image_to_square and torch.equal(chat_model.pixel_values(sample_image()), padded)
+    assert not torch.equal(processor(sample_image())[None], padded)

@@ -97,10 +97,12 @@ class ChatModel:
         return out[0, self.prompt_length_in_output(input_ids):].tolist()
 
 
-def chat_model_for(model, tokenizer, template: str | PromptTemplate, image_processor=None) -> ChatModel:
+def chat_model_for(model, tokenizer, template: str | PromptTemplate, image_processor=None,
+                   pad_image_to_square: bool = False) -> ChatModel:
     """A :class:`ChatModel` around an in-memory ``LLaVAModel`` or ``InternVLModel`` (a training
     config's model: ``eval --checkpoint`` and ``EvaluateChatHook``), so they build prompts and
-    generate exactly as ``chat`` and ``serve`` do with an export of it."""
+    generate exactly as ``chat`` and ``serve`` do with an export of it. ``pad_image_to_square``:
+    as the LLaVA dataset of the config did."""
     from mmllava.models import InternVLModel
 
     template = template if isinstance(template, PromptTemplate) else get_template(template)
@@ -110,7 +112,7 @@ def chat_model_for(model, tokenizer, template: str | PromptTemplate, image_proce
         return InternVLChatModel('internvl', model, tokenizer, template, image_processor,
                                  getattr(image_processor, 'tokens_per_tile', 0))
     return ChatModel('llava', model, tokenizer, template, image_processor,
-                     getattr(image_processor, 'num_image_tokens', 0))
+                     getattr(image_processor, 'num_image_tokens', 0), pad_image_to_square=pad_image_to_square)
 
 
 def _template(name: str | None, stored: str | None, source: Path) -> PromptTemplate:

@@ -31,10 +31,12 @@ def _checkpoint_chat_model(args):
     from mmllava.chat.loader import chat_model_for
     from mmllava.config import build, parse_cfg_options
     from mmllava.convert.pth_to_hf import load_trained_model
+    from mmllava.data.packing import unpacked_dataset_cfg
 
     model, cfg = load_trained_model(args.model, args.checkpoint, parse_cfg_options(args.cfg_options))
+    dataset = unpacked_dataset_cfg(cfg.get('train_dataloader', {}).get('dataset', {}))
     return chat_model_for(model, build(cfg.tokenizer), args.prompt_template or cfg.prompt_template,
-                          build(cfg.image_processor))
+                          build(cfg.image_processor), bool(dataset.get('pad_image_to_square', False)))
 
 
 def run(args):
