@@ -85,6 +85,38 @@ def test_stop_words_cut_and_hold_back():
     assert streamer.finish(ids[2:]) == 'ab<|im'[:2] and ''.join(pieces) == 'ab'
 
 
+def test_streamed_byte_tokens_equal_the_final_answer():
+    """Byte-fallback tokens decode as a run: <0x09> alone is a tab, but with an invalid byte after it
+    the run is two U+FFFD (as the tiny InternLM2 tokenizer decodes them); the tab is not shown early."""
+    from mmllava.chat.streaming import StopWordStreamer
+
+    class ByteFallbackTokenizer:  # ids < 256: byte tokens <0xNN>; 1000 + c: the character c
+        def convert_ids_to_tokens(self, ids):
+            return [f'<0x{i:02X}>' if i < 256 else chr(i - 1000) for i in ids]
+
+        def decode(self, ids, skip_special_tokens=False):
+            text, run = '', b''
+            for i in [*ids, None]:
+                if i is not None and i < 256:
+                    run += bytes([i])
+                    continue
+                try:
+                    text += run.decode()
+                except UnicodeDecodeError:
+                    text += '\ufffd' * len(run)
+                run = b''
+                text += chr(i - 1000) if i is not None else ''
+            return text
+
+    pieces = []
+    streamer = StopWordStreamer(ByteFallbackTokenizer(), ['<|im_end|>'], callback=pieces.append)
+    ids = [1000 + ord('9'), 0x09, 0xE4, 0x80, 1000 + ord('9')]
+    for n in range(1, len(ids) + 1):
+        streamer(torch.tensor([ids[:n]]))
+    final = streamer.finish(ids)
+    assert final == '9\ufffd\ufffd\ufffd9' and ''.join(pieces) == final
+
+
 def test_text_only_llm_and_interactive_loop(tiny_zoo, capsys, monkeypatch):
     import io
 

@@ -1,12 +1,10 @@
-"""Text-only turns through ``mmllava serve`` (issue 19): a conversation that starts without an image,
-and a turn without an image after one with an image, answer 200 with ``mmllava chat``'s greedy
-answers, streamed and not, for a LLaVA and an InternVL ``huggingface`` export (transformers' own
-models, whose ``generate`` fails on ``pixel_values=None``). ``demo`` answers through the same
-worker and ``ChatSession``, so it is covered by these answers."""
+"""Text-only turns through ``mmllava serve`` and ``demo`` (issue 19): a conversation that starts
+without an image, and a turn without an image after one with an image, get ``mmllava chat``'s
+greedy answers (the API: 200, streamed and not; the demo page's handler, run in this process on the
+model ``demo`` loads) for a LLaVA and an InternVL ``huggingface`` export (transformers' own models,
+whose ``generate`` fails on ``pixel_values=None``)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import urllib.request
 from pathlib import Path
@@ -48,26 +46,32 @@ def _internvl_export(zoo, root: Path) -> Path:
     return root / 'hf'
 
 
-def _chat(*args) -> list[str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(['chat', *args, '--temperature', '0', '--max-new-tokens', str(MAX_TOKENS), '--no-streamer']) == 0
-    return out.getvalue().splitlines()
+def _answers(export: Path) -> dict[str, list[str]]:
+    """``ChatSession``'s greedy answers (what ``mmllava chat --temperature 0`` prints) to ``hi`` alone,
+    and to ``QUESTION`` with the image then ``hi``."""
+    from mmllava.chat.loader import load_chat_model
+    from mmllava.chat.session import ChatSession, GenerationSettings
+    from mmllava.data.image import load_image
+
+    session = ChatSession(load_chat_model(export), settings=GenerationSettings(max_new_tokens=MAX_TOKENS))
+    answers = {'text_first': [session.ask(FOLLOW_UP)]}
+    session.reset()
+    answers['image_then_text'] = [session.ask(QUESTION, image=load_image(IMAGE)), session.ask(FOLLOW_UP)]
+    return answers
 
 
 @pytest.fixture(scope='module', params=['llava', 'internvl'])
 def served(request, tiny_zoo, tmp_path_factory):
-    """``(url, chat answers)``: a server on the family's huggingface export, and ``mmllava chat``'s
-    answers to ``hi`` alone and to ``QUESTION`` (with the image) then ``hi``."""
+    """``(url, answers, export)``: a server on the family's huggingface export, and the greedy chat
+    answers (``_answers``)."""
     root = tmp_path_factory.mktemp(f'text_only_{request.param}')
+    torch.manual_seed(0)  # the untrained weights (the LLaVA projector) come from torch's RNG
     export = (_llava_export if request.param == 'llava' else _internvl_export)(tiny_zoo, root)
-    answers = {'text_first': _chat(str(export), '--prompt', FOLLOW_UP),
-               'image_then_text': _chat(str(export), '--image', str(IMAGE), '--prompt', QUESTION,
-                                        '--prompt', FOLLOW_UP)}
-    assert all(line.strip() for lines in answers.values() for line in lines)
+    answers = _answers(export)
+    assert all(answer.strip() for lines in answers.values() for answer in lines)
     with running('serve', [str(export)], root / 'serve.log', '/health', '--allow-local-images',
                  str(IMAGE.parent)) as url:
-        yield url, answers
+        yield url, answers, export
 
 
 def _post(url: str, messages: list, stream: bool = False) -> str:
@@ -86,13 +90,13 @@ def _post(url: str, messages: list, stream: bool = False) -> str:
 
 
 def test_a_conversation_that_starts_without_an_image(served):
-    url, answers = served
+    url, answers, _ = served
     messages = [{'role': 'user', 'content': FOLLOW_UP}]
     assert _post(url, messages) == _post(url, messages, stream=True) == answers['text_first'][0]
 
 
 def test_a_turn_without_an_image_after_one_with_an_image(served):
-    url, answers = served
+    url, answers, _ = served
     first, second = answers['image_then_text']
     messages = [{'role': 'user', 'content': [{'type': 'image_url', 'image_url': {'url': IMAGE.name}},
                                              {'type': 'text', 'text': QUESTION}]},
@@ -100,3 +104,24 @@ def test_a_turn_without_an_image_after_one_with_an_image(served):
                 {'role': 'user', 'content': FOLLOW_UP}]
     assert _post(url, messages) == _post(url, messages, stream=True) == second
     assert second != answers['text_first'][0]  # the image turn is in the prompt
+
+
+def test_the_demo_page_answers_text_only_turns(served):
+    import asyncio
+
+    from mmllava.chat.loader import load_chat_model
+    from mmllava.serve.demo import build_demo
+    from mmllava.serve.worker import GenerationWorker
+
+    _, answers, export = served
+    demo = build_demo(GenerationWorker(load_chat_model(export)), 'test')
+    respond = next(f.fn for f in demo.fns.values() if getattr(f.fn, '__name__', '') == 'respond')
+
+    def ask(text, image, turns):  # what the page's Send does; returns the conversation after the answer
+        async def run():
+            return [update async for update in respond(text, image, turns, MAX_TOKENS, 0, 1.0)][-1][1]
+        return asyncio.run(run())
+
+    assert ask(FOLLOW_UP, None, [])[-1].exchange.answer == answers['text_first'][0]
+    turns = ask(QUESTION, str(IMAGE), [])
+    assert [t.exchange.answer for t in ask(FOLLOW_UP, None, turns)] == answers['image_then_text']
