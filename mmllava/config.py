@@ -202,9 +202,56 @@ def load_config(name_or_path: str | os.PathLike, cfg_options: dict[str, Any] | N
         raise MMLLaVAError(f'{where}: the config failed to load: {type(e).__name__}: {e}') from None
     if dotted:
         cfg.merge_from_dict(dotted, allow_list_keys=True)
+    restore_objects(cfg._cfg_dict)
     # Keep the user's path (not the temporary copy) for work-dir naming and logging.
     object.__setattr__(cfg, '_filename', str(path))
     return cfg
+
+
+def _dumped_object(value: str, is_type: bool):
+    """The lazy import (as mmengine keeps a config's imports) of what a dumped config names by its
+    import path, or ``None`` when ``value`` is not one: a torch dtype (``'torch.bfloat16'``)
+    anywhere, an importable ``type`` (``'mmllava.models.LLaVAModel'``)."""
+    import torch
+    from mmengine.config.lazy import LazyAttr, LazyObject
+
+    if value.startswith('torch.') and isinstance(getattr(torch, value[6:], None), torch.dtype):
+        return LazyAttr(value[6:], LazyObject('torch'))
+    if is_type and '.' in value:
+        module, _, attr = value.rpartition('.')
+        with contextlib.suppress(ImportError, AttributeError, ValueError):
+            getattr(importlib.import_module(module), attr)
+            return LazyObject(module, attr)
+    return None
+
+
+def restore_objects(node: Any) -> Any:
+    """Turn the import paths of a dumped config back into the objects they name, in place.
+
+    mmengine dumps a config's classes, functions and dtypes as strings (``type='mmllava.models.LLaVAModel'``,
+    ``torch_dtype='torch.bfloat16'``), as in the copy ``train`` writes into the work dir and in XTuner's
+    work dirs. Code that compares ``type`` with a class, or passes a dtype to transformers, would fail on
+    them, so every config is read back with the objects (XTuner restores dtypes the same way). They are
+    kept as mmengine's lazy imports, as a config's own imports are, so the config dumps the same
+    strings again. A ``type`` that does not import (a registry name like ``'OptimWrapper'``) stays a string.
+    """
+    if isinstance(node, dict):
+        items = list(dict.items(node))  # the stored values: ConfigDict.items() would build lazy imports
+    elif isinstance(node, list):
+        items = list(enumerate(node))
+    else:
+        return node
+    for key, value in items:
+        if isinstance(value, str):
+            restored = _dumped_object(value, key == 'type')
+            if restored is not None:
+                node[key] = restored
+        elif isinstance(value, (dict, list)):
+            restore_objects(value)
+        elif isinstance(value, tuple):
+            for item in value:  # a tuple's items stay; dicts inside it are restored in place
+                restore_objects(item)
+    return node
 
 
 def _resolve_type(obj_type):

@@ -13,10 +13,10 @@ PROMPT = 'What colour is the circle?'
 
 @pytest.fixture(scope='module')
 def exports(tiny_zoo, tmp_path_factory):
-    """xtuner and huggingface (fp32) exports of one LoRA checkpoint, and an image file."""
+    """xtuner, huggingface and official (fp32) exports of one LoRA checkpoint, and an image file."""
     root = tmp_path_factory.mktemp('chat')
     make_checkpoint(tiny_zoo, root / 'iter_5.pth', qlora=False, scale=0.02)
-    for fmt in ('xtuner', 'huggingface'):
+    for fmt in ('xtuner', 'huggingface', 'official'):
         assert main(['convert', 'pth_to_hf', FINETUNE, str(root / 'iter_5.pth'), str(root / fmt), '--fp32',
                      '--save-format', fmt, '--cfg-options', *cfg_options(tiny_zoo, qlora=False)]) == 0
     sample_image().save(root / 'image.png')
@@ -85,6 +85,38 @@ def test_stop_words_cut_and_hold_back():
     assert streamer.finish(ids[2:]) == 'ab<|im'[:2] and ''.join(pieces) == 'ab'
 
 
+def test_streamed_byte_tokens_equal_the_final_answer():
+    """Byte-fallback tokens decode as a run: <0x09> alone is a tab, but with an invalid byte after it
+    the run is two U+FFFD (as the tiny InternLM2 tokenizer decodes them); the tab is not shown early."""
+    from mmllava.chat.streaming import StopWordStreamer
+
+    class ByteFallbackTokenizer:  # ids < 256: byte tokens <0xNN>; 1000 + c: the character c
+        def convert_ids_to_tokens(self, ids):
+            return [f'<0x{i:02X}>' if i < 256 else chr(i - 1000) for i in ids]
+
+        def decode(self, ids, skip_special_tokens=False):
+            text, run = '', b''
+            for i in [*ids, None]:
+                if i is not None and i < 256:
+                    run += bytes([i])
+                    continue
+                try:
+                    text += run.decode()
+                except UnicodeDecodeError:
+                    text += '\ufffd' * len(run)
+                run = b''
+                text += chr(i - 1000) if i is not None else ''
+            return text
+
+    pieces = []
+    streamer = StopWordStreamer(ByteFallbackTokenizer(), ['<|im_end|>'], callback=pieces.append)
+    ids = [1000 + ord('9'), 0x09, 0xE4, 0x80, 1000 + ord('9')]
+    for n in range(1, len(ids) + 1):
+        streamer(torch.tensor([ids[:n]]))
+    final = streamer.finish(ids)
+    assert final == '9\ufffd\ufffd\ufffd9' and ''.join(pieces) == final
+
+
 def test_text_only_llm_and_interactive_loop(tiny_zoo, capsys, monkeypatch):
     import io
 
@@ -100,7 +132,8 @@ def test_text_only_llm_and_interactive_loop(tiny_zoo, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['MODEL', '--image', 'missing.png', '--prompt', 'hi'], 'image file not found: missing.png'),
+    (['MODEL', '--image', 'missing.png', '--prompt', 'hi'], '--image: image file not found: {tmp}/missing.png '
+                                                            '(a relative path is read from the current folder {tmp})'),
     (['MODEL', '--bits', '4', '--prompt', 'hi'], '--bits 4 needs a CUDA GPU (bitsandbytes inference); '
                                                  'none is available here'),
     (['{qwen}', '--prompt', 'hi'], '{qwen} does not record its prompt template; pass --prompt-template '
@@ -116,3 +149,38 @@ def test_chat_errors(tiny_zoo, tmp_path, capsys, monkeypatch, args, message):
     args = [a.format(**fill) if a != 'MODEL' else str(tiny_zoo['qwen2_5_instruct']) for a in args]
     assert main(['chat', *args]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == 'mmllava chat: error: ' + message.format(**fill)
+
+
+def test_official_llava_layout_chats_as_the_huggingface_export(exports, tmp_path, capsys):
+    """The original LLaVA layout: the LLM with model.mm_projector, the tower named by mm_vision_tower
+    (moved away: --visual-encoder names it, else a one-line error)."""
+    import json
+    import shutil
+
+    image = str(exports / 'image.png')
+    turns = ['--image', image, '--prompt', PROMPT, '--prompt', 'And its shape?', '--no-streamer']
+    expected = chat(capsys, str(exports / 'huggingface'), *turns)
+    assert chat(capsys, str(exports / 'official'), *turns) == expected
+    moved = tmp_path / 'official'
+    shutil.copytree(exports / 'official', moved)
+    shutil.move(moved / 'visual_encoder', tmp_path / 'vision')
+    config = json.loads((moved / 'config.json').read_text())
+    assert config['mm_vision_tower'] == str((exports / 'official' / 'visual_encoder').resolve())
+    config['mm_vision_tower'] = 'openai/clip-vit-large-patch14-336'  # LLaVA's own folders name a hub id
+    (moved / 'config.json').write_text(json.dumps(config))
+    assert chat(capsys, str(moved), '--visual-encoder', str(tmp_path / 'vision'), *turns) == expected
+    assert main(['chat', str(moved), '--prompt', 'hi']) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mmllava chat: error: {moved}: mm_vision_tower 'openai/clip-vit-large-patch14-336' is not a local "
+        'vision encoder folder: pass --visual-encoder PATH')
+
+    # image_aspect_ratio='pad' (a config with pad_image_to_square): images are padded as in training
+    from mmllava.chat.loader import load_chat_model
+    from mmllava.data.image import expand2square
+
+    (moved / 'config.json').write_text(json.dumps({**config, 'image_aspect_ratio': 'pad'}))
+    chat_model = load_chat_model(moved, visual_encoder=tmp_path / 'vision', torch_dtype='float32')
+    processor = chat_model.image_processor
+    padded = processor(expand2square(sample_image(), processor.background_rgb))[None]
+    assert chat_model.pad_image_to_square and torch.equal(chat_model.pixel_values(sample_image()), padded)
+    assert not torch.equal(processor(sample_image())[None], padded)

@@ -142,3 +142,33 @@ def test_a_component_called_with_a_wrong_argument_is_one_line_naming_the_config(
     with pytest.raises(TypeError, match='size must be a natural number'):
         with reported_config_errors(cfg):
             build(dict(type=_takes_a_size, size=-1))
+
+
+def test_a_dumped_config_reads_back_with_its_objects_and_dumps_the_same(tmp_path):
+    """The work-dir copy ``train`` writes (mmengine's dump: import paths as strings) is a config
+    mmllava accepts: types and dtypes are objects again, and it dumps to the same text."""
+    import torch
+
+    from mmllava.models import InternVLModel
+
+    cfg = load_config('internvl_tiny_internlm2_lora_finetune')
+    cfg.dump(tmp_path / 'first.py')
+    text = (tmp_path / 'first.py').read_text()
+    assert "type='mmllava.models.InternVLModel'" in text and "torch_dtype='torch.float32'" in text
+    again = load_config(tmp_path / 'first.py', parse_cfg_options(['model.internvl.torch_dtype=torch.bfloat16']))
+    assert again.model.type is InternVLModel and again.model.internvl.torch_dtype is torch.bfloat16
+    assert again.train_dataloader.dataset.type is cfg.train_dataloader.dataset.type
+    assert again.optim_wrapper.optimizer.type is torch.optim.AdamW
+    assert again.train_dataloader.collate_fn.type is cfg.train_dataloader.collate_fn.type
+    reread = load_config(tmp_path / 'first.py')
+    reread.dump(tmp_path / 'second.py')
+    assert (tmp_path / 'second.py').read_text() == text
+
+
+def test_registry_names_and_other_strings_stay_strings(tmp_path):
+    path = tmp_path / 'c.py'
+    path.write_text("optim_wrapper = dict(type='OptimWrapper')\nname = 'torch.float32 is a dtype'\n"
+                    "scope = dict(type='nowhere.Missing')\n")
+    cfg = load_config(path)
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and cfg.name == 'torch.float32 is a dtype'
+    assert cfg.scope.type == 'nowhere.Missing'

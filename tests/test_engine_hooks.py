@@ -24,10 +24,22 @@ class CharTokenizer:
         return ''.join(chr(int(i)) for i in ids if not (skip_special_tokens and int(i) in (1, 2)))
 
 
-class RecordingModel(torch.nn.Module):
+class StandInLLM(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.embed = torch.nn.Embedding(3, 1)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+
+class RecordingModel(torch.nn.Module):
+    """Answers ``ok`` + EOS; has the parts a LLaVA ``ChatModel`` reads (``llm``, ``visual_encoder``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.llm = StandInLLM()
+        self.visual_encoder = torch.nn.Linear(1, 1)
         self.calls = []
 
     def generate(self, input_ids, pixel_values=None, **kwargs):

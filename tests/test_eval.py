@@ -7,6 +7,7 @@ import pytest
 
 from mmllava.cli import main
 from mmllava.datatools.evaluate import exact_match, match_choice, normalize, predict, score, split_sample
+from mmllava.errors import MMLLaVAError
 
 
 @pytest.mark.parametrize('prediction, gold, right', [
@@ -118,3 +119,49 @@ def test_eval_needs_checkpoint_for_a_config(tmp_path, capsys):
     assert main(['eval', 'llava_tiny_internlm2_chat_clip_pretrain', '--data', str(data)]) == 1
     assert capsys.readouterr().err == ('mmllava eval: error: llava_tiny_internlm2_chat_clip_pretrain: not a model '
                                        'folder (to evaluate a training config, add --checkpoint PTH)\n')
+
+
+def _image_data(root, image_dir: str):
+    """``root/data.json`` with one sample whose image ``a.png`` is in ``root/image_dir``."""
+    from PIL import Image
+
+    (root / image_dir).mkdir(parents=True, exist_ok=True)
+    Image.new('RGB', (8, 6)).save(root / image_dir / 'a.png')
+    data = root / 'data.json'
+    data.write_text(json.dumps([{'image': 'a.png', 'conversations': [
+        {'from': 'human', 'value': '<image>\nWhat shape?'}, {'from': 'gpt', 'value': 'square'}]}]))
+    return data
+
+
+@pytest.mark.parametrize('image_dir', ['.', 'images'])
+def test_eval_reads_images_beside_the_data_file_by_default(tmp_path, monkeypatch, image_dir):
+    """``mmllava eval EXPORT --data data/synthetic/eval.json`` from anywhere: the paths resolve in the
+    data file's folder or its images/ (the shipped layout), not in the current folder."""
+    from mmllava.datatools.evaluate import evaluate
+
+    data = _image_data(tmp_path / 'data', image_dir)
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    session = FakeSession()
+    result = evaluate(session, data)
+    assert result['image_folder'] == (data.parent / image_dir if image_dir != '.' else data.parent)
+    assert session.asked == ('What shape?', (8, 6))
+    monkeypatch.chdir(data.parent / image_dir)  # resolving in the current folder keeps it
+    assert evaluate(FakeSession(), data)['image_folder'] is None
+
+
+def test_missing_eval_image_names_the_path_tried_and_image_folder(tmp_path, monkeypatch):
+    from mmllava.datatools.evaluate import evaluate
+
+    data = _image_data(tmp_path / 'data', 'images')
+    (data.parent / 'images' / 'a.png').unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MMLLaVAError) as error:
+        evaluate(FakeSession(), data)
+    assert str(error.value) == (f"{data}:0: image file not found: {tmp_path}/a.png (read relative to the current "
+                                f"folder {tmp_path}; pass --image-folder DIR, the folder the data file's image "
+                                'paths are relative to)')
+    with pytest.raises(MMLLaVAError) as error:
+        evaluate(FakeSession(), data, image_folder=tmp_path / 'pics')
+    assert str(error.value) == (f'{data}:0: image file not found: {tmp_path}/pics/a.png '
+                                f'(read relative to --image-folder {tmp_path}/pics)')

@@ -7,7 +7,7 @@ def add_model_arguments(parser) -> None:
     """MODEL, ``--llava``, ``--visual-encoder``, ``--prompt-template``, ``--torch-dtype``, ``--bits``."""
     parser.add_argument('model', metavar='MODEL', help='LLM folder, or a LLaVA (huggingface export) folder')
     parser.add_argument('--llava', metavar='DIR', help='xtuner-format export (projector/, llm_adapter/, ...)')
-    parser.add_argument('--visual-encoder', metavar='PATH', help='CLIP vision encoder folder (with --llava)')
+    parser.add_argument('--visual-encoder', metavar='PATH', help='CLIP vision encoder folder (with --llava; or for an original-layout LLaVA folder)')
     parser.add_argument('--prompt-template', metavar='NAME',
                         help='prompt template (default: the one the export records)')
     parser.add_argument('--torch-dtype', default='auto', choices=('auto', 'float32', 'bfloat16', 'float16'))

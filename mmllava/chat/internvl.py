@@ -11,8 +11,9 @@ from typing import Sequence
 
 import torch
 
-from mmllava.chat.loader import ChatModel, _template
+from mmllava.chat.loader import OUR_MODEL_KINDS, ChatModel, _template, chat_model_for
 from mmllava.constants import IMAGE_TOKEN_INDEX
+from mmllava.errors import MMLLaVAError
 
 # InternVL's conversation template names -> ours.
 _OFFICIAL_TEMPLATES = {'internlm2-chat': 'internlm2_chat'}
@@ -23,8 +24,11 @@ class InternVLChatModel(ChatModel):
 
     def pixel_values(self, image) -> torch.Tensor:
         """A PIL image -> its tiles ``[tiles, 3, S, S]`` in the vision tower's dtype, on the model's device."""
-        dtype = next(self.model.vision_tower.parameters()).dtype
-        return self.image_processor(image).to(self.device, dtype)
+        if self.image_processor is None:
+            raise MMLLaVAError('this model was loaded without an image processor: it cannot take images')
+        # Ours keeps the tower at .vision_tower; transformers' InternVLForConditionalGeneration at .model.vision_tower.
+        vision = self.model.vision_tower if self.kind in OUR_MODEL_KINDS else self.model.model.vision_tower
+        return self.image_processor(image).to(self.device, next(vision.parameters()).dtype)
 
     def prompt_ids(self, text: str, images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """``[1, L]`` ids: each ``<image>`` -> ``<img>`` + its tiles' positions + ``</img>``."""
@@ -38,7 +42,10 @@ class InternVLChatModel(ChatModel):
             # Two more positions than features: wrap_image_runs turns them into <img> and </img>.
             positions = next(tiles) * self.image_processor.tokens_per_tile + 2 if token == IMAGE_TOKEN_INDEX else 0
             ids.extend([IMAGE_TOKEN_INDEX] * positions if positions else [token])
-        return torch.tensor([wrap_image_runs(ids, start_id, end_id)], device=self.device)
+        ids = wrap_image_runs(ids, start_id, end_id)
+        if self.image_token_id is not None:  # transformers' model: <IMG_CONTEXT> marks the image positions
+            ids = [self.image_token_id if i == IMAGE_TOKEN_INDEX else i for i in ids]
+        return torch.tensor([ids], device=self.device)
 
 
 def load_internvl_chat(path: Path, template: str | None, dtype, quantization) -> InternVLChatModel:
@@ -51,6 +58,33 @@ def load_internvl_chat(path: Path, template: str | None, dtype, quantization) ->
                           use_activation_checkpointing=False)
     stored = model.official_config.get('prompt_template') or _OFFICIAL_TEMPLATES.get(
         model.official_config.get('template'))
-    image_processor = load_internvl_image_processor(path)
-    return InternVLChatModel('internvl', model.eval(), load_tokenizer(path), _template(template, stored, path),
-                             image_processor, image_processor.tokens_per_tile)
+    return chat_model_for(model.eval(), load_tokenizer(path), _template(template, stored, path),
+                          load_internvl_image_processor(path))
+
+
+def load_hf_internvl_chat(path: Path, template: str | None, dtype, quantization, device: str) -> InternVLChatModel:
+    """A transformers ``InternVLForConditionalGeneration`` folder (our ``huggingface`` export) as an
+    :class:`InternVLChatModel`: transformers' model, tiled by our ``InternVLImageProcessor`` with the
+    settings of its ``preprocessor_config.json`` (exactly as in training; transformers' own tiling can
+    pick another grid), the image positions given as ``<IMG_CONTEXT>``."""
+    from transformers import InternVLForConditionalGeneration
+
+    from mmllava.builders import load_tokenizer
+    from mmllava.builders.folders import read_json
+    from mmllava.data.internvl_image import InternVLImageProcessor
+
+    config = read_json(path / 'config.json', 'model')
+    settings = read_json(path / 'preprocessor_config.json', 'model') if (
+        path / 'preprocessor_config.json').is_file() else {}
+    vision_size = config.get('vision_config', {}).get('image_size', 448)  # [H, W] in native configs
+    size = settings.get('size', {}).get('height') or (vision_size[0] if isinstance(vision_size, list) else vision_size)
+    extra = {'quantization_config': quantization, 'device_map': {'': device}} if quantization else {}
+    model = InternVLForConditionalGeneration.from_pretrained(str(path), dtype=dtype, **extra)
+    normalize = {k: settings[k] for k in ('image_mean', 'image_std') if k in settings}
+    image_processor = InternVLImageProcessor(
+        image_size=int(size), min_num=int(settings.get('min_patches', 1)), max_num=int(settings.get('max_patches', 12)),
+        dynamic=bool(settings.get('crop_to_patches', True)), tokens_per_tile=int(config['image_seq_length']),
+        **normalize)
+    return InternVLChatModel('hf_internvl', model.eval(), load_tokenizer(path),
+                             _template(template, config.get('prompt_template'), path), image_processor,
+                             image_processor.tokens_per_tile, image_token_id=model.config.image_token_id)

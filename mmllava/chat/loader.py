@@ -5,14 +5,19 @@
 | ``LLM --llava XTUNER_EXPORT [--visual-encoder VE]`` | ``llava`` | an ``LLaVAModel`` splices projected features at ``IMAGE_TOKEN_INDEX`` positions |
 | ``HF_EXPORT`` (a ``LlavaForConditionalGeneration`` folder) | ``hf_llava`` | transformers' own model, ``<image>`` id x ``image_seq_length`` |
 | ``INTERNVL_DIR`` (an official InternVL folder or export) | ``internvl`` | an ``InternVLModel``; each image is tiled, ``<img>`` + positions + ``</img>`` (``mmllava.chat.internvl``) |
+| ``HF_INTERNVL`` (an ``InternVLForConditionalGeneration`` folder: our huggingface export) | ``hf_internvl`` | transformers' own model, tiled the same way, ``<IMG_CONTEXT>`` at the positions |
+| ``OFFICIAL_LLAVA`` (the original LLaVA layout: our official export) | ``llava`` | as the xtuner export; the vision tower from ``mm_vision_tower`` or ``--visual-encoder`` |
 | ``LLM`` | ``llm`` | text only |
 
 Every kind shares the prompt path: our template renders the conversation, ``<image>`` becomes the
-image positions, and generation returns only the new token ids.
+image positions, and generation returns only the new token ids. ``chat_model_for`` puts a training
+config's in-memory model on the same path (``eval --checkpoint``, ``EvaluateChatHook``). A turn
+without an image is text only for every kind.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +50,7 @@ class ChatModel:
     image_processor: Any = None
     num_image_tokens: int = 0
     image_token_id: int | None = None
+    pad_image_to_square: bool = False  # LLaVA's image_aspect_ratio='pad', as the model was trained
 
     @property
     def device(self) -> torch.device:
@@ -57,6 +63,10 @@ class ChatModel:
         if self.image_processor is None:
             raise MMLLaVAError('this model is text-only: images need a LLaVA model (--llava or a LLaVA folder)')
         vision = self.model.visual_encoder if self.kind == 'llava' else self.model.model.vision_tower
+        if self.pad_image_to_square:
+            from mmllava.data.image import expand2square
+
+            image = expand2square(image, self.image_processor.background_rgb)
         return self.image_processor(image)[None].to(self.device, next(vision.parameters()).dtype)
 
     def prompt_ids(self, text: str, images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
@@ -77,13 +87,32 @@ class ChatModel:
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **kwargs) -> list[int]:
         """New token ids for the prompt ``input_ids`` (images in order in ``pixel_values``)."""
         mask = torch.ones_like(input_ids)
+        # A text-only turn passes no pixel_values at all: transformers' Llava runs its vision tower
+        # on an explicit pixel_values=None inside generate (AttributeError on None.shape).
+        images = {} if pixel_values is None else {'pixel_values': pixel_values}
         if self.kind in OUR_MODEL_KINDS:
-            out = self.model.generate(input_ids, pixel_values=pixel_values, attention_mask=mask, **kwargs)
-        elif self.kind == 'hf_llava':
-            out = self.model.generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=mask, **kwargs)
+            out = self.model.generate(input_ids, attention_mask=mask, **images, **kwargs)
         else:
-            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **images, **kwargs)
         return out[0, self.prompt_length_in_output(input_ids):].tolist()
+
+
+def chat_model_for(model, tokenizer, template: str | PromptTemplate, image_processor=None,
+                   pad_image_to_square: bool = False) -> ChatModel:
+    """A :class:`ChatModel` around an in-memory ``LLaVAModel`` or ``InternVLModel`` (a training
+    config's model: ``eval --checkpoint`` and ``EvaluateChatHook``), so they build prompts and
+    generate exactly as ``chat`` and ``serve`` do with an export of it. ``pad_image_to_square``:
+    as the LLaVA dataset of the config did."""
+    from mmllava.models import InternVLModel
+
+    template = template if isinstance(template, PromptTemplate) else get_template(template)
+    if isinstance(model, InternVLModel):
+        from mmllava.chat.internvl import InternVLChatModel
+
+        return InternVLChatModel('internvl', model, tokenizer, template, image_processor,
+                                 getattr(image_processor, 'tokens_per_tile', 0))
+    return ChatModel('llava', model, tokenizer, template, image_processor,
+                     getattr(image_processor, 'num_image_tokens', 0), pad_image_to_square=pad_image_to_square)
 
 
 def _template(name: str | None, stored: str | None, source: Path) -> PromptTemplate:
@@ -153,17 +182,80 @@ def _load_xtuner_export(model_path: Path, llava: Path, visual_encoder: str | Non
                        projector_depth=projector_cfg.get('depth', 2), use_activation_checkpointing=False)
     state = {'projector.' + k: v for k, v in load_file(str(projector_dir / 'model.safetensors')).items()}
     projector, rest, _ = split_projector_state(state)
-    if rest or not projector:
+    if rest:
         raise MMLLaVAError(f'{projector_dir}: unexpected projector weights {sorted(rest)[:4]}')
-    try:
-        model.projector.load_state_dict({k.removeprefix('projector.'): v for k, v in projector.items()})
-    except RuntimeError as e:
-        raise MMLLaVAError(f'{projector_dir}: does not fit this LLM / vision encoder: '
-                           f'{str(e).splitlines()[-1].strip()}') from None
+    _load_projector(model, projector, projector_dir)
     image_processor = load_image_processor(vision_dir)
     return ChatModel('llava', model.eval(), load_tokenizer(llm_dir),
                      _template(template, projector_cfg.get('prompt_template'), llava),
                      image_processor, image_processor.num_image_tokens)
+
+
+def _load_projector(model, projector: dict, source: Path) -> None:
+    """``projector`` (our ``projector.N.*`` keys) into ``model.projector``, or a one-line error."""
+    if not projector:
+        raise MMLLaVAError(f'{source}: no projector weights')
+    try:
+        model.projector.load_state_dict({k.removeprefix('projector.'): v for k, v in projector.items()})
+    except RuntimeError as e:
+        raise MMLLaVAError(f'{source}: the projector does not fit this LLM / vision encoder: '
+                           f'{str(e).splitlines()[-1].strip()}') from None
+
+
+def _load_official_llava(path: Path, visual_encoder: str | None, template: str | None, dtype) -> ChatModel:
+    """The original LLaVA layout (``--save-format official``, or LLaVA's own ``llava_llama`` /
+    ``llava_qwen`` / ``llava_mistral`` folders): the LLM's weights with ``model.mm_projector`` beside
+    them and the vision tower named by ``mm_vision_tower`` (or ``--visual-encoder``), as a frozen
+    ``LLaVAModel``. Every LLM weight must be read and used."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    from mmllava.builders import load_image_processor, load_tokenizer, load_vision_encoder
+    from mmllava.builders.folders import dtype_kwargs, iter_weight_shards
+    from mmllava.convert.official_llava import OFFICIAL_CLASSES
+    from mmllava.formats.llava import split_projector_state
+    from mmllava.models import LLaVAModel
+
+    config = read_json(path / 'config.json', 'model')
+    llm_types = {llava_type: llm_type for llm_type, (_, llava_type) in OFFICIAL_CLASSES.items()}
+    if config.get('model_type') not in llm_types:
+        raise MMLLaVAError(f'{path}: the original LLaVA layout {config.get("model_type")!r} is not supported here '
+                           f'(only {", ".join(llm_types)}); convert with --save-format huggingface or xtuner')
+    vision_dir = Path(visual_encoder or config.get('mm_vision_tower') or '').expanduser()
+    if not (vision_dir / 'config.json').is_file():
+        raise MMLLaVAError(f'{path}: mm_vision_tower {config.get("mm_vision_tower")!r} is not a local vision '
+                           'encoder folder: pass --visual-encoder PATH')
+    if dtype == 'auto':
+        dtype = config.get('torch_dtype') or config.get('dtype') or 'float32'
+    llm_config = AutoConfig.for_model(llm_types[config['model_type']], **{
+        k: v for k, v in config.items() if k not in ('model_type', 'architectures') and not k.startswith('mm_')
+        and v is not None})  # an explicit rope_scaling=None makes transformers 5 warn
+    with no_init_weights():  # every weight is read below
+        llm = AutoModelForCausalLM.from_config(llm_config, **dtype_kwargs(dtype))
+    llm_state, projector = {}, {}
+    for shard in iter_weight_shards(path, 'model'):
+        shard_projector, rest, _ = split_projector_state(shard)
+        projector.update(shard_projector)
+        llm_state.update(rest)
+    missing, unused = llm.load_state_dict(llm_state, strict=False)
+    if llm_config.tie_word_embeddings:  # the head is the embedding matrix: not stored
+        missing = [key for key in missing if key != 'lm_head.weight']
+    if missing or unused:
+        raise MMLLaVAError(f'{path}: {len(missing)} LLM weights missing ({", ".join(missing[:3])}), {len(unused)} '
+                           f'unused ({", ".join(unused[:3])})')
+    llm.tie_weights()
+    vision = load_vision_encoder(vision_dir, torch_dtype=llm.get_input_embeddings().weight.dtype)
+    depth = re.fullmatch(r'mlp(\d+)x_gelu|linear', config.get('mm_projector_type', 'mlp2x_gelu'))
+    if depth is None:
+        raise MMLLaVAError(f'{path}: mm_projector_type {config.get("mm_projector_type")!r} is not linear or mlpNx_gelu')
+    model = LLaVAModel(llm=llm, visual_encoder=vision, freeze_llm=True, freeze_visual_encoder=True,
+                       visual_select_layer=config.get('mm_vision_select_layer', -2),
+                       projector_depth=int(depth.group(1) or 1), use_activation_checkpointing=False)
+    _load_projector(model, projector, path)
+    image_processor = load_image_processor(vision_dir)
+    return ChatModel('llava', model.eval(), load_tokenizer(path),
+                     _template(template, config.get('prompt_template'), path), image_processor,
+                     image_processor.num_image_tokens, pad_image_to_square=config.get('image_aspect_ratio') == 'pad')
 
 
 def _load_hf_llava(path: Path, template: str | None, dtype, quantization, device: str) -> ChatModel:
@@ -211,9 +303,15 @@ def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = 
         from mmllava.chat.internvl import load_internvl_chat
 
         chat = load_internvl_chat(path, prompt_template, dtype, quantization)
+    elif model_type == 'internvl':
+        from mmllava.chat.internvl import load_hf_internvl_chat
+
+        chat = load_hf_internvl_chat(path, prompt_template, dtype, quantization, device)
     elif str(model_type).startswith('llava_'):
-        raise MMLLaVAError(f'{path}: the original LLaVA layout ({model_type}) cannot be chatted with here; '
-                           'convert with --save-format huggingface or xtuner')
+        if quantization is not None:
+            raise MMLLaVAError(f'{path}: --bits is for transformers folders, not the original LLaVA layout; '
+                               'convert with --save-format huggingface')
+        chat = _load_official_llava(path, visual_encoder, prompt_template, dtype)
     else:
         template = _template(prompt_template, None, path)
         llm = load_llm(path, torch_dtype=dtype, quantization_config=quantization)

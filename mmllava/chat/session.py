@@ -6,7 +6,7 @@ sees exactly the training format; an image given with a turn is placed before th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -27,6 +27,7 @@ class GenerationSettings:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    extra: dict = field(default_factory=dict)  # more ``generate`` arguments (a hook's ``generation_kwargs``)
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for ``generate``."""
@@ -36,9 +37,9 @@ class GenerationSettings:
             raise MMLLaVAError('temperature must be >= 0, top_p in (0, 1], top_k >= 0, repetition_penalty > 0')
         kwargs = {'max_new_tokens': self.max_new_tokens, 'repetition_penalty': self.repetition_penalty}
         if self.temperature == 0:
-            return {**kwargs, 'do_sample': False, 'temperature': None, 'top_p': None, 'top_k': None}
+            return {**kwargs, 'do_sample': False, 'temperature': None, 'top_p': None, 'top_k': None, **self.extra}
         return {**kwargs, 'do_sample': True, 'temperature': self.temperature, 'top_p': self.top_p,
-                'top_k': self.top_k or None}
+                'top_k': self.top_k or None, **self.extra}
 
 
 @dataclass

@@ -2,9 +2,10 @@
 every step, stops at the template's stop words (which need not be single tokens, e.g. ``plain``'s
 newline) and hands each new piece of text to a callback.
 
-Text that could still turn into a stop word (a prefix of one at the end of the answer) and an
-incomplete UTF-8 character are held back until the next token decides, so a streamed answer never
-shows part of a stop word and always equals the final answer.
+Text that could still turn into a stop word (a prefix of one at the end of the answer), an
+incomplete UTF-8 character and a trailing run of byte-fallback tokens (which decode together) are
+held back until the next token decides, so a streamed answer never shows part of a stop word and
+always equals the final answer.
 """
 from __future__ import annotations
 
@@ -33,6 +34,19 @@ def _stable_length(text: str, stop_words: Sequence[str]) -> int:
     return end
 
 
+def _trailing_byte_tokens(tokenizer, ids: Sequence[int]) -> int:
+    """How many of the last ``ids`` are byte-fallback tokens (``<0x09>``), whose text can still change."""
+    convert = getattr(tokenizer, 'convert_ids_to_tokens', None)
+    if convert is None:
+        return 0
+    count = 0
+    for token in reversed(convert(list(ids[-16:]))):  # a UTF-8 character is at most 4 bytes
+        if not (isinstance(token, str) and len(token) == 6 and token.startswith('<0x') and token.endswith('>')):
+            break
+        count += 1
+    return count
+
+
 class StopWordStreamer(StoppingCriteria):
     """Stop at ``stop_words`` and stream text to ``callback(piece)``.
 
@@ -59,8 +73,16 @@ class StopWordStreamer(StoppingCriteria):
         return cut_at_stop_word(text, self.stop_words)
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        self.text, stopped = self.decode(input_ids[0, self.prompt_length:].tolist())
-        self._emit(len(self.text) if stopped else _stable_length(self.text, self.stop_words))
+        ids = input_ids[0, self.prompt_length:].tolist()
+        self.text, stopped = self.decode(ids)
+        if stopped:
+            self._emit(len(self.text))
+        else:
+            # A trailing run of byte tokens (<0xNN>) decodes as one piece: a valid byte shown now
+            # (a tab) may turn into U+FFFD when an invalid byte joins the run, so it waits.
+            open_run = _trailing_byte_tokens(self.tokenizer, ids)
+            stable = self.decode(ids[:len(ids) - open_run])[0] if open_run else self.text
+            self._emit(_stable_length(stable, self.stop_words))
         return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
 
     def finish(self, ids: Sequence[int]) -> str:

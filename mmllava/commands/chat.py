@@ -7,7 +7,8 @@ import sys
 def add_arguments(parser):
     parser.add_argument('model', metavar='MODEL', help='LLM folder, or a LLaVA (huggingface export) folder')
     parser.add_argument('--llava', metavar='DIR', help='xtuner-format export (projector/, llm_adapter/, ...)')
-    parser.add_argument('--visual-encoder', metavar='PATH', help='CLIP vision encoder folder (with --llava)')
+    parser.add_argument('--visual-encoder', metavar='PATH',
+                        help='CLIP vision encoder folder (with --llava; or for an original-layout LLaVA folder)')
     parser.add_argument('--prompt-template', metavar='NAME', help='prompt template (default: the one the export records)')
     parser.add_argument('--image', metavar='PATH', help='image to ask about (attached to the first turn)')
     parser.add_argument('--system', metavar='TEXT', help='system prompt')
@@ -40,16 +41,22 @@ def _user_turns(prompts):
 
 
 def run(args):
+    import os
+
     from mmllava.chat.loader import load_chat_model
     from mmllava.chat.session import ChatSession, GenerationSettings
     from mmllava.data.image import load_image
+    from mmllava.errors import MMLLaVAError
 
-    image = load_image(args.image) if args.image else None  # fail on a bad path before loading the model
+    image = None
+    if args.image:  # fail on a bad path before loading the model
+        if not os.path.isfile(args.image):
+            raise MMLLaVAError(f'--image: image file not found: {os.path.abspath(args.image)} '
+                               f'(a relative path is read from the current folder {os.getcwd()})')
+        image = load_image(args.image)
     chat_model = load_chat_model(args.model, llava=args.llava, visual_encoder=args.visual_encoder,
                                  prompt_template=args.prompt_template, torch_dtype=args.torch_dtype, bits=args.bits)
     if image is not None and chat_model.image_processor is None:
-        from mmllava.errors import MMLLaVAError
-
         raise MMLLaVAError(f'{args.model} is a text-only LLM: --image needs --llava DIR or a LLaVA folder')
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty)

@@ -76,6 +76,39 @@ def score(raw: dict, prediction: str) -> tuple[bool, dict]:
     return exact_match(prediction, gold), {'gold': gold}
 
 
+def sample_image(raw: dict) -> str | None:
+    """The image path of a sample (the first, for a list), or ``None``."""
+    image = raw.get('image') if isinstance(raw, dict) else None
+    if isinstance(image, list):
+        image = image[0] if image else None
+    return image or None
+
+
+def check_image_found(image: str, image_folder: str | os.PathLike | None) -> None:
+    """A one-line error naming the path tried and where relative paths are read from, when ``image``
+    is not a file there."""
+    from mmllava.data.image import resolve_image_path
+
+    tried = resolve_image_path(image, image_folder).absolute()
+    if not tried.is_file():
+        where = (f'read relative to --image-folder {image_folder}' if image_folder is not None else
+                 f'read relative to the current folder {Path.cwd()}; pass --image-folder DIR, the folder the '
+                 "data file's image paths are relative to")
+        raise MMLLaVAError(f'image file not found: {tried} ({where})')
+
+
+def default_image_folder(data_path: str | os.PathLike, samples: list) -> Path | None:
+    """Where ``eval`` reads a data file's relative image paths when ``--image-folder`` is not given:
+    the current folder if they resolve there, else the data file's folder, else its ``images/``
+    (the layout of ``data/synthetic``); ``None`` (the current folder) when none holds them all."""
+    images = [image for image in map(sample_image, samples) if image]
+    data_dir = Path(data_path).parent
+    for folder in (None, data_dir, data_dir / 'images'):
+        if images and all((Path(image) if folder is None else folder / image).is_file() for image in images):
+            return folder
+    return None
+
+
 def predict(session, raw: dict, image_folder: str | os.PathLike | None, system: str | None = None) -> str:
     """``session``'s answer to ``raw``'s prompt (its image before the first question); the sample's
     own system turn, else ``system``, else the template's default."""
@@ -84,11 +117,10 @@ def predict(session, raw: dict, image_folder: str | os.PathLike | None, system: 
     own_system, turns, _ = split_sample(raw)
     session.reset()
     session.system = own_system if own_system is not None else system
-    image = raw.get('image')
-    if isinstance(image, list):
-        image = image[0] if image else None
+    image = sample_image(raw)
     pixels = None
     if image:
+        check_image_found(image, image_folder)
         pixels = load_image(image, image_folder) if image_folder is not None else load_image(image)
     if pixels is not None and len(turns) > 1:
         # The image belongs to the first question, which here is history.
@@ -103,13 +135,17 @@ def evaluate(session, data_path: str | os.PathLike, image_folder: str | os.PathL
              out_path: str | os.PathLike | None = None, limit: int | None = None,
              progress=None, system: str | None = None) -> dict:
     """Answer every sample of ``data_path`` (the first ``limit``); write one JSON record per sample
-    to ``out_path``; ``progress(record)`` is called after each; ``system`` as in ``predict``.
-    Returns ``{'total', 'correct', 'accuracy', 'multiple_choice'}`` (the last: how many were)."""
+    to ``out_path``; ``progress(record)`` is called after each; ``system`` as in ``predict``;
+    ``image_folder`` ``None``: see :func:`default_image_folder`.
+    Returns ``{'total', 'correct', 'accuracy', 'multiple_choice', 'image_folder'}``: how many samples
+    were multiple-choice, and the image folder used."""
     from mmllava.data.llava_dataset import read_samples
 
     samples = read_samples(data_path)[:limit]
     if not samples:
         raise MMLLaVAError(f'{data_path}: no samples to evaluate')
+    if image_folder is None:
+        image_folder = default_image_folder(data_path, samples)
     out = None
     if out_path is not None:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
@@ -133,4 +169,4 @@ def evaluate(session, data_path: str | os.PathLike, image_folder: str | os.PathL
         if out is not None:
             out.close()
     return {'total': len(samples), 'correct': correct, 'accuracy': correct / len(samples),
-            'multiple_choice': multiple_choice}
+            'multiple_choice': multiple_choice, 'image_folder': image_folder}

@@ -34,7 +34,7 @@ def problem_kind(reason: str) -> str:
 
 
 def build_training_dataset(cfg, **overrides):
-    """The config's ``train_dataloader.dataset`` (an ``LLaVADataset``) built with ``overrides``.
+    """The config's ``train_dataloader.dataset`` (an ``LLaVADataset`` or ``InternVLDataset``) built with ``overrides``.
 
     Only the tokenizer and the image processor are loaded, never model weights. Wrong arguments
     become one-line errors naming the config.
@@ -44,8 +44,8 @@ def build_training_dataset(cfg, **overrides):
     from mmllava.data.packing import unpacked_dataset_cfg
 
     dataset_cfg = unpacked_dataset_cfg((cfg.get('train_dataloader') or {}).get('dataset'))
-    if not isinstance(dataset_cfg, dict) or not (isinstance(dataset_cfg.get('type'), type)
-                                                  and issubclass(dataset_cfg['type'], LLaVADataset)):
+    dataset_type = dataset_cfg.get('type') if isinstance(dataset_cfg, dict) else None
+    if not (isinstance(dataset_type, type) and issubclass(dataset_type, LLaVADataset)):  # InternVLDataset is one
         raise MMLLaVAError(f'{cfg.filename}: train_dataloader.dataset must be dict(type=LLaVADataset, ...) '
                            'for this command')
     try:

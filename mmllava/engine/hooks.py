@@ -19,7 +19,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from mmllava.config import build
-from mmllava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 
 def _unwrap(model):
@@ -74,8 +74,8 @@ class EvaluateChatHook(Hook):
     """Answer ``evaluation_inputs`` for each of ``evaluation_images`` (or text only) with the model.
 
     Arguments follow XTuner's hook: ``tokenizer`` and ``image_processor`` are objects or
-    ``dict(type=...)`` configs (the processor maps a PIL image to a ``[3, H, W]`` tensor and has
-    ``num_image_tokens``, like ``mmllava.data.image.ImageProcessor``); ``system`` empty or None
+    ``dict(type=...)`` configs (the config's own: LLaVA's ``ImageProcessor`` or InternVL's tiling
+    ``InternVLImageProcessor``); ``system`` empty or None
     means the template's default; ``every_n_iters`` None evaluates only before and after training.
     Every rank generates (ZeRO-3 needs all of them); rank 0 logs.
     """
@@ -95,54 +95,39 @@ class EvaluateChatHook(Hook):
         self.system = system or None
         self.template = prompt_template
         self.every_n_iters = every_n_iters
-        self.generation_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, **(generation_kwargs or {}))
+        self.max_new_tokens = max_new_tokens
+        self.generation_kwargs = dict(generation_kwargs or {})  # greedy unless these say otherwise
         self._evaluated_at = None  # iterations completed at the last evaluation
 
-    def _stop_token_ids(self) -> list[int]:
-        from mmllava.templates import get_template
+    def answers(self, model) -> list[str]:
+        """One log line per (image, input): ``model`` answers through the prompt path of ``chat``,
+        ``eval`` and ``serve`` (``ChatSession`` on a ``ChatModel``), LLaVA and InternVL alike; an
+        input without an image is a text-only turn."""
+        from mmllava.chat.loader import chat_model_for
+        from mmllava.chat.session import ChatSession, GenerationSettings
+        from mmllava.data.image import load_image
 
-        ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        for word in get_template(self.template).stop_words:
-            word_ids = self.tokenizer.encode(word, add_special_tokens=False)
-            if len(word_ids) == 1:
-                ids.append(word_ids[0])
-        return sorted(set(ids))
-
-    def _prompt_ids(self, text: str, image) -> list[int]:
-        from mmllava.data.encode import bos_ids, tokenize_with_images
-        from mmllava.templates import get_template, render_prompt
-
-        template = get_template(self.template)
-        if image is not None:
-            text = f'{DEFAULT_IMAGE_TOKEN}\n{text}'
-        prompt = render_prompt(template, [text], system=self.system)
-        num_image_tokens = self.image_processor.num_image_tokens if image is not None else 0
-        return bos_ids(self.tokenizer, template) + tokenize_with_images(prompt, self.tokenizer, num_image_tokens)
+        settings = GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=0, extra=self.generation_kwargs)
+        session = ChatSession(chat_model_for(model, self.tokenizer, self.template, self.image_processor),
+                              system=self.system, settings=settings)
+        lines = []
+        for image_path in self.images:
+            image = None if image_path is None else load_image(image_path)
+            for text in self.inputs:
+                session.reset()
+                answer = session.ask(text, image=image).strip()
+                lines.append(f'[{image_path or "no image"}] {text!r} -> {answer!r}')
+        return lines
 
     @torch.no_grad()
     def evaluate(self, runner, step: int, when: str) -> None:
         """Generate every answer and log them under ``when``; ``step`` = iterations completed."""
-        from mmllava.data.image import load_image
-
         model = _unwrap(runner.model)
         # Every module gets its own mode back (a part kept in eval on purpose stays so), after the
         # model's own train(), which also restores what training needs (mmllava.models: the 4-bit layout).
         modes = [(module, module.training) for module in model.modules()]
         model.eval()
-        device = next(model.parameters()).device
-        stop_ids = self._stop_token_ids()
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
-        lines = [f'EvaluateChatHook ({when}):']
-        for image_path in self.images:
-            pixel_values = None
-            if image_path is not None:
-                pixel_values = self.image_processor(load_image(image_path))[None].to(device)
-            for text in self.inputs:
-                input_ids = torch.tensor([self._prompt_ids(text, image_path)], device=device)
-                new_ids = model.generate(input_ids, pixel_values=pixel_values, eos_token_id=stop_ids,
-                                         pad_token_id=pad_id, **self.generation_kwargs)
-                answer = self.tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
-                lines.append(f'[{image_path or "no image"}] {text!r} -> {answer!r}')
+        lines = [f'EvaluateChatHook ({when}):', *self.answers(model)]
         runner.logger.info('\n'.join(lines))
         model.train(modes[0][1])
         for module, training in modes:

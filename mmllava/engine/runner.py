@@ -107,7 +107,11 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
         # before the dataset and the model are built: a fine-tune run before its pretrain run
         # stops at once (mmllava.config.with_config_hint names the run that writes it)
         raise MMLLaVAError(f'{pretrained}: checkpoint not found')
-    cfg = copy.deepcopy(cfg)
+    user_cfg, cfg = cfg, copy.deepcopy(cfg)
+    # What build_runner writes into the work dir: the config as the user ran it (--cfg-options
+    # applied), not this process's rewrite of it (CPU optimizer wrapper, DeepSpeed strategy, launcher),
+    # so that `train WORK_DIR/CONFIG.py` with the same options trains the same way again.
+    object.__setattr__(cfg, '_user_config', user_cfg)
     cfg.work_dir = work_dir
     cfg.setdefault('experiment_name', f'{os.path.splitext(os.path.basename(cfg.filename or "config"))[0]}'
                                       f'_{uuid.uuid4().hex[:8]}')
@@ -159,4 +163,15 @@ def build_runner(cfg, verbose: bool = False):
     runner._train_dataloader['dataset'] = dataset
     # first in the work dir's log: a result that differs on another machine is matched to its kind
     runner.logger.info(format_machine_facts(machine_facts()))
+    _dump_user_config(cfg, runner.work_dir)
     return runner
+
+
+def _dump_user_config(cfg, work_dir: str) -> None:
+    """Replace the config mmengine dumped into ``work_dir`` (the prepared one) with the user's; see
+    ``prepare_config``. Its ``vis_data/config.py`` keeps the prepared one."""
+    from mmengine.dist import is_main_process
+
+    user_cfg = getattr(cfg, '_user_config', None)
+    if user_cfg is not None and cfg.filename is not None and is_main_process():
+        user_cfg.dump(os.path.join(work_dir, os.path.basename(cfg.filename)))

@@ -12,7 +12,7 @@ from mmllava.builders import load_tokenizer
 from mmllava.builders.internvl import load_internvl, load_internvl_image_processor
 from mmllava.data import LengthGroupedSampler
 from mmllava.data.internvl_dataset import InternVLDataset, internvl_collate
-from mmllava.engine import DatasetInfoHook, TrainLoop
+from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop
 from mmllava.models import InternVLModel
 
 #######################################################################
@@ -44,6 +44,12 @@ warmup_ratio = 0.03
 # Save
 save_steps = 50
 save_total_limit = 2  # Maximum checkpoints to keep (-1 means unlimited)
+
+# Evaluate the generation performance during the training
+evaluation_freq = 50
+SYSTEM = ''
+evaluation_images = data_root + 'images/eval_0000.png'
+evaluation_inputs = ['What color is the shape?', 'Please describe this picture']
 
 # LoRA
 r = 16
@@ -116,7 +122,18 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 #                           PART 5  Runtime                           #
 #######################################################################
-custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer)]
+custom_hooks = [
+    dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(type=EvaluateChatHook,
+         tokenizer=tokenizer,
+         image_processor=image_processor,
+         every_n_iters=evaluation_freq,
+         evaluation_inputs=evaluation_inputs,
+         evaluation_images=evaluation_images,
+         system=SYSTEM,
+         prompt_template=prompt_template,
+         max_new_tokens=16)
+]
 
 default_hooks = dict(
     timer=dict(type=IterTimerHook),

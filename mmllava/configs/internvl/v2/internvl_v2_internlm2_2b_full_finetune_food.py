@@ -15,7 +15,7 @@ from mmllava.builders import load_tokenizer
 from mmllava.builders.internvl import load_internvl, load_internvl_image_processor
 from mmllava.data import LengthGroupedSampler
 from mmllava.data.internvl_dataset import InternVLDataset, internvl_collate
-from mmllava.engine import DatasetInfoHook, TrainLoop
+from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop
 from mmllava.models import InternVLModel
 
 #######################################################################
@@ -48,6 +48,12 @@ warmup_ratio = 0.03
 # Save
 save_steps = 64
 save_total_limit = -1  # Maximum checkpoints to keep (-1 means unlimited)
+
+# Evaluate the generation performance during the training
+evaluation_freq = 64
+SYSTEM = ''
+evaluation_images = data_root + 'test_img/oph.jpg'  # any image of yours
+evaluation_inputs = ['请描述一下这张照片', 'Please describe this picture']
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -108,7 +114,17 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 #                           PART 5  Runtime                           #
 #######################################################################
-custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer)]
+custom_hooks = [
+    dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(type=EvaluateChatHook,
+         tokenizer=tokenizer,
+         image_processor=image_processor,
+         every_n_iters=evaluation_freq,
+         evaluation_inputs=evaluation_inputs,
+         evaluation_images=evaluation_images,
+         system=SYSTEM,
+         prompt_template=prompt_template)
+]
 
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
