@@ -207,7 +207,7 @@ def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = 
                                    quantization)
     elif model_type == 'llava':
         chat = _load_hf_llava(path, prompt_template, dtype, quantization, device)
-    elif model_type == 'internvl_chat':
+    elif model_type in ('internvl_chat', 'internvl'):  # official or transformers-native InternVL
         from mmllava.chat.internvl import load_internvl_chat
 
         chat = load_internvl_chat(path, prompt_template, dtype, quantization)

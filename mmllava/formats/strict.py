@@ -1,0 +1,108 @@
+"""Strict loading: every weight a module expects was read, every tensor read was used, shapes agree.
+
+transformers' ``from_pretrained`` only prints a load report when a checkpoint does not fit and
+leaves freshly initialised weights in place; PEFT only warns. A tower trained as random weights
+looks like a model that learns nothing, so every loader of mmllava compares the key sets and
+shapes itself (``check_weights``) before a module is filled, and a difference is one
+``MMLLaVAError`` line naming the setting, the folder, the count and the first keys.
+
+The differences tolerated, all of them, each with its reason (``TOLERATED``):
+
+* a buffer the module recomputes from its config (CLIP ``position_ids``, rotary ``inv_freq``):
+  older transformers saved them; the values are a function of the config, never trained;
+* ``lm_head.weight`` of a model whose config ties it to the input embeddings: it *is* the
+  embedding matrix, so savers may write it or leave it out.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
+
+from mmllava.errors import MMLLaVAError
+
+# (pattern, reason): the only keys that may be absent from a file or present without a parameter.
+TOLERATED = (
+    (re.compile(r'(^|\.)position_ids$'),
+     'recomputed buffer: position ids are arange(num_positions); transformers < 4.31 saved them'),
+    (re.compile(r'(^|\.)rotary_emb\.inv_freq$'),
+     'recomputed buffer: the rotary frequency table follows from rope_theta (old Llama/InternLM2 saves)'),
+)
+TIED_HEAD = re.compile(r'(^|\.)lm_head\.weight$')
+TIED_HEAD_REASON = 'tied head: with tie_word_embeddings the LM head is the input embedding matrix'
+# How many keys a message names before the ellipsis.
+SHOWN = 3
+
+
+def is_recomputed_buffer(key: str) -> bool:
+    """Whether ``key`` is a buffer the module recomputes (see ``TOLERATED``): read but never used."""
+    return any(pattern.search(key) for pattern, _ in TOLERATED)
+
+
+def _tolerated(key: str, tied: bool) -> bool:
+    return is_recomputed_buffer(key) or (tied and bool(TIED_HEAD.search(key)))
+
+
+def _names(keys: Iterable[str]) -> str:
+    keys = sorted(keys)
+    return ', '.join(keys[:SHOWN]) + (', …' if len(keys) > SHOWN else '')
+
+
+def shapes(state: Mapping) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of a state dict of tensors."""
+    return {key: tuple(value.shape) for key, value in state.items()}
+
+
+def expected_shapes(model_class, config) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of the state dict ``model_class(config)`` has, built on the meta device
+    (no memory, no initialisation) and before any quantization, so a 4-bit model is checked
+    against the shapes its checkpoint must have."""
+    import torch
+
+    with torch.device('meta'):
+        model = model_class(config)
+    return shapes(model.state_dict())
+
+
+def problems(expected: Mapping[str, tuple], found: Mapping[str, tuple], component: str,
+             tied: bool = False) -> list[str]:
+    """The differences between the weights a module ``expected`` and those ``found`` in files
+    (both ``{key: shape}``), as message parts; empty when the files fit exactly."""
+    missing = [k for k in expected if k not in found and not _tolerated(k, tied)]
+    unused = [k for k in found if k not in expected and not _tolerated(k, tied)]
+    wrong = [k for k in found if k in expected and tuple(found[k]) != tuple(expected[k])]
+    required = [k for k in expected if not _tolerated(k, tied)]
+    out = []
+    if missing:
+        out.append(f'{len(missing)} of {len(required)} {component} weights missing ({_names(missing)})')
+    if unused:
+        out.append(f'{len(unused)} of {len(found)} tensors read unused ({_names(unused)})')
+    if wrong:
+        first = sorted(wrong)[0]
+        out.append(f'{len(wrong)} {component} weights of the wrong shape ({first}: {tuple(found[first])} in the '
+                   f'file, the model expects {tuple(expected[first])}{", …" if len(wrong) > 1 else ""})')
+    if missing and len(missing) == len(required):
+        out[0] += ': key layout not recognised'
+    return out
+
+
+def check_weights(setting: str, source, expected: Mapping[str, tuple], found: Mapping[str, tuple],
+                  component: str, tied: bool = False) -> None:
+    """Raise the one-line ``MMLLaVAError`` ``SETTING: SOURCE: N of M COMPONENT weights missing (...)``
+    (and/or unused, wrong-shaped) unless ``found`` fits ``expected`` up to ``TOLERATED``."""
+    found_problems = problems(expected, found, component, tied)
+    if found_problems:
+        raise MMLLaVAError(f'{setting}: {source}: ' + '; '.join(found_problems))
+
+
+def check_loading_info(setting: str, source, info: Mapping, component: str, tied: bool = False) -> None:
+    """Second line of defence after ``from_pretrained(..., output_loading_info=True)``: anything
+    transformers reports missing, unexpected or mismatched (beyond ``TOLERATED``) is an error."""
+    missing = [k for k in info.get('missing_keys') or () if not _tolerated(k, tied)]
+    unexpected = [k for k in info.get('unexpected_keys') or () if not _tolerated(k, tied)]
+    mismatched = [entry[0] if isinstance(entry, (tuple, list)) else entry
+                  for entry in info.get('mismatched_keys') or ()]
+    parts = [f'{len(keys)} {component} weights {kind} ({_names(keys)})'
+             for kind, keys in (('missing', missing), ('unused', unexpected), ('of the wrong shape', mismatched))
+             if keys]
+    if parts:
+        raise MMLLaVAError(f'{setting}: {source}: ' + '; '.join(parts))
