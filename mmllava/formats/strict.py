@@ -106,3 +106,23 @@ def check_loading_info(setting: str, source, info: Mapping, component: str, tied
              if keys]
     if parts:
         raise MMLLaVAError(f'{setting}: {source}: ' + '; '.join(parts))
+
+
+def _part(key: str) -> tuple[str, bool]:
+    """The part of a multimodal model a trained weight belongs to: its top module (``projector``,
+    ``llm``, ``visual_encoder``, ``vision_tower``) and whether it is an adapter (LoRA, PEFT's
+    ``modules_to_save``) or the module's own weight."""
+    return key.split('.', 1)[0], '.lora_' in key or '.modules_to_save.' in key
+
+
+def check_trained_parts(setting: str, source, own: Mapping[str, tuple], found: Mapping[str, tuple]) -> None:
+    """A checkpoint of trained weights (``pretrained_pth``, ``load_from``, a resumed ``iter_N.pth``)
+    may hold any of the model's parts (a pretraining stage's projector alone, LoRA adapters, an
+    unfrozen tower), but each part it holds must be complete, known and of the right shapes.
+
+    ``own`` are the ``{key: shape}`` of the model's full state dict, ``found`` the checkpoint's."""
+    if not found:
+        raise MMLLaVAError(f'{setting}: {source}: holds no weights')
+    present = {_part(key) for key in found}
+    expected = {key: shape for key, shape in own.items() if _part(key) in present}
+    check_weights(setting, source, expected, found, 'trained')
