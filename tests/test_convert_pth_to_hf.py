@@ -242,7 +242,7 @@ def test_xtuner_lora_checkpoint_of_internlm2_loads_with_wqkv_split_exactly(tiny_
 
     # another LoRA rank: a clear error naming the key, not torch's size-mismatch dump
     _xtuner_lora_checkpoint(tmp_path / 'rank8.pth', model, rank // 2)
-    with pytest.raises(MMLLaVAError, match=r'^pretrained_pth: .*rank8\.pth: 42 trained weights of the wrong shape '
+    with pytest.raises(MMLLaVAError, match=r'^pretrained_pth: .*rank8\.pth: 28 trained weights of the wrong shape '
                                            r'\(llm\.base_model\.model\.model\.layers\.0\.mlp\.down_proj\.lora_A\.default'
                                            r'\.weight: \(8, 128\) in the file, the model expects \(16, 128\), …\)$'):
         model.load_pretrained(str(tmp_path / 'rank8.pth'))
