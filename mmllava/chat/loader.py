@@ -110,15 +110,11 @@ def _quantization(bits: int | None):
 
 
 def _with_adapter(model, adapter: Path):
-    """``model`` with the PEFT adapter in ``adapter`` applied (merged unless the model is quantised)."""
-    from peft import PeftModel
-
+    """``model`` with the PEFT adapter in ``adapter`` applied strictly (merged unless the model is quantised)."""
+    from mmllava.formats.strict import load_peft_adapter
     from mmllava.models.lora import is_quantized
 
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter))
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise MMLLaVAError(f'{adapter}: cannot apply the adapter: {str(e).splitlines()[0]}') from None
+    peft_model = load_peft_adapter(model, adapter, '--llava')
     return peft_model if is_quantized(model) else peft_model.merge_and_unload()
 
 
@@ -129,6 +125,7 @@ def _load_xtuner_export(model_path: Path, llava: Path, visual_encoder: str | Non
 
     from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
     from mmllava.formats.llava import split_projector_state
+    from mmllava.formats.strict import check_weights, shapes
     from mmllava.models import LLaVAModel
 
     projector_dir = llava / 'projector'
@@ -153,13 +150,10 @@ def _load_xtuner_export(model_path: Path, llava: Path, visual_encoder: str | Non
                        projector_depth=projector_cfg.get('depth', 2), use_activation_checkpointing=False)
     state = {'projector.' + k: v for k, v in load_file(str(projector_dir / 'model.safetensors')).items()}
     projector, rest, _ = split_projector_state(state)
-    if rest or not projector:
-        raise MMLLaVAError(f'{projector_dir}: unexpected projector weights {sorted(rest)[:4]}')
-    try:
-        model.projector.load_state_dict({k.removeprefix('projector.'): v for k, v in projector.items()})
-    except RuntimeError as e:
-        raise MMLLaVAError(f'{projector_dir}: does not fit this LLM / vision encoder: '
-                           f'{str(e).splitlines()[-1].strip()}') from None
+    projector = {k.removeprefix('projector.'): v for k, v in projector.items()}
+    check_weights('--llava', projector_dir, shapes(model.projector.state_dict()),
+                  {**shapes(projector), **shapes(rest)}, 'projector')
+    model.projector.load_state_dict(projector)
     image_processor = load_image_processor(vision_dir)
     return ChatModel('llava', model.eval(), load_tokenizer(llm_dir),
                      _template(template, projector_cfg.get('prompt_template'), llava),
@@ -171,10 +165,16 @@ def _load_hf_llava(path: Path, template: str | None, dtype, quantization, device
     from transformers import LlavaForConditionalGeneration
 
     from mmllava.builders import load_image_processor, load_tokenizer
+    from mmllava.formats.strict import check_loading_info
 
     config = read_json(path / 'config.json', 'model')
     extra = {'quantization_config': quantization, 'device_map': {'': device}} if quantization else {}
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, **extra)
+    try:
+        model, info = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, output_loading_info=True,
+                                                                    **extra)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise MMLLaVAError(f'model: {path}: cannot load the LLaVA folder: {str(e).splitlines()[0]}') from None
+    check_loading_info('model', path, info, 'LLaVA', tied=bool(model.config.get_text_config().tie_word_embeddings))
     image_processor = load_image_processor(path)
     return ChatModel('hf_llava', model.eval(), load_tokenizer(path),
                      _template(template, config.get('prompt_template'), path),

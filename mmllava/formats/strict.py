@@ -126,3 +126,28 @@ def check_trained_parts(setting: str, source, own: Mapping[str, tuple], found: M
     present = {_part(key) for key in found}
     expected = {key: shape for key, shape in own.items() if _part(key) in present}
     check_weights(setting, source, expected, found, 'trained')
+
+
+def load_peft_adapter(model, adapter, setting: str):
+    """``model`` wrapped by the PEFT adapter folder ``adapter``, strictly: the adapter file must hold
+    exactly the tensors the adapter's config makes PEFT create, with their shapes (PEFT itself
+    only warns about missing adapter weights and leaves them at their initial values)."""
+    from peft import PeftConfig, PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    try:
+        config = PeftConfig.from_pretrained(str(adapter))
+        weights = load_peft_weights(str(adapter), device='cpu')
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise MMLLaVAError(f'{setting}: {adapter}: not a readable PEFT adapter: {str(e).splitlines()[0]}') from None
+    config.inference_mode = True
+    try:
+        peft_model = PeftModel(model, config)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise MMLLaVAError(f'{setting}: {adapter}: cannot apply the adapter: {str(e).splitlines()[0]}') from None
+    check_weights(setting, adapter, shapes(get_peft_model_state_dict(peft_model)), shapes(weights), 'adapter')
+    result = set_peft_model_state_dict(peft_model, weights)
+    unexpected = list(getattr(result, 'unexpected_keys', None) or ())
+    if unexpected:  # the key sets were equal above; PEFT must have used every tensor
+        raise MMLLaVAError(f'{setting}: {adapter}: {len(unexpected)} adapter tensors unused ({_names(unexpected)})')
+    return peft_model.eval()
