@@ -273,6 +273,12 @@ def _load_internvl(folder):
     load_internvl(folder)
 
 
+def _load_chat(folder):
+    from mmllava.chat.loader import load_chat_model
+
+    load_chat_model(folder, prompt_template='llama3_chat', torch_dtype='float32', device='cpu')
+
+
 # (case id, source, key in the file, loader, setting, component, key as reported, renamed key as reported)
 DAMAGE_CASES = {
     'LLaVA-InternLM2 LLM (remote-code layout)': (
@@ -299,6 +305,9 @@ DAMAGE_CASES = {
     'InternVL2 native (transformers 4.52)': (
         lambda ctx: ctx['t4'] / 'internvl', 'multi_modal_projector.linear_2.weight', _load_internvl,
         'path', 'projector', 'linear_2.weight', 'linear_2_v2.weight'),
+    'LLaVA folder read by chat/eval/serve (transformers 4.52)': (
+        lambda ctx: ctx['t4'] / 'llava', 'multi_modal_projector.linear_2.weight', _load_chat, 'model', 'LLaVA',
+        'model.multi_modal_projector.linear_2.weight', 'model.multi_modal_projector.linear_2_v2.weight'),
 }
 
 

@@ -54,7 +54,7 @@ def _from_state_dict(model_class, config, state_dict: dict, folder: Path, compon
 
     model, info = model_class.from_pretrained(None, config=config, state_dict=state_dict, output_loading_info=True,
                                               **kwargs)
-    check_loading_info(WHAT, folder, info, component, tied=tied)
+    check_loading_info(WHAT, folder, info, component, state_dict, tied=tied)
     return model
 
 

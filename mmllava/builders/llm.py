@@ -44,11 +44,11 @@ def _load_internlm2(folder: Path, config_dict: dict, kwargs: dict):
             state_dict.update(internlm2_to_llama(shard, config))
     except MMLLaVAError as e:
         raise MMLLaVAError(f'{WHAT}: {folder}: {e}') from None
-    check_weights(WHAT, folder, expected_shapes(LlamaForCausalLM, config), shapes(state_dict), 'LLM',
-                  tied=config.tie_word_embeddings)
+    expected = expected_shapes(LlamaForCausalLM, config)
+    check_weights(WHAT, folder, expected, shapes(state_dict), 'LLM', tied=config.tie_word_embeddings)
     model, info = LlamaForCausalLM.from_pretrained(None, config=config, state_dict=state_dict,
                                                    output_loading_info=True, **kwargs)
-    check_loading_info(WHAT, folder, info, 'LLM', tied=config.tie_word_embeddings)
+    check_loading_info(WHAT, folder, info, 'LLM', expected, tied=config.tie_word_embeddings)
     if (folder / 'generation_config.json').is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model
@@ -67,12 +67,13 @@ def _load_native(folder: Path, kwargs: dict):
     except (OSError, ValueError, KeyError) as e:
         raise MMLLaVAError(f'{WHAT}: cannot load {folder}: {str(e).splitlines()[0]}') from None
     tied = bool(getattr(config.get_text_config(), 'tie_word_embeddings', False))
-    check_weights(WHAT, folder, expected_shapes(model_class, config), weight_shapes(folder, WHAT), 'LLM', tied=tied)
+    expected = expected_shapes(model_class, config)
+    check_weights(WHAT, folder, expected, weight_shapes(folder, WHAT), 'LLM', tied=tied)
     try:
         model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
         raise MMLLaVAError(f'{WHAT}: cannot load {folder}: {str(e).splitlines()[0]}') from None
-    check_loading_info(WHAT, folder, info, 'LLM', tied=tied)
+    check_loading_info(WHAT, folder, info, 'LLM', expected, tied=tied)
     return model
 
 

@@ -79,5 +79,5 @@ def load_vision_encoder(path: str | os.PathLike, torch_dtype=None):
         state_dict.update({k: v for k, v in select_prefixed(shard, prefix).items() if k in expected})
     model, info = CLIPVisionModel.from_pretrained(None, config=config, state_dict=state_dict,
                                                   output_loading_info=True, **dtype_kwargs(torch_dtype))
-    check_loading_info(WHAT, folder, info, 'vision')
+    check_loading_info(WHAT, folder, info, 'vision', expected)
     return model

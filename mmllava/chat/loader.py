@@ -170,11 +170,13 @@ def _load_hf_llava(path: Path, template: str | None, dtype, quantization, device
     config = read_json(path / 'config.json', 'model')
     extra = {'quantization_config': quantization, 'device_map': {'': device}} if quantization else {}
     try:
+        # mismatched sizes are reported in `info` (and refused below) instead of raised as a report dump
         model, info = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, output_loading_info=True,
-                                                                    **extra)
+                                                                    ignore_mismatched_sizes=True, **extra)
     except (OSError, ValueError, RuntimeError) as e:
         raise MMLLaVAError(f'model: {path}: cannot load the LLaVA folder: {str(e).splitlines()[0]}') from None
-    check_loading_info('model', path, info, 'LLaVA', tied=bool(model.config.get_text_config().tie_word_embeddings))
+    check_loading_info('model', path, info, 'LLaVA', model.state_dict(),
+                       tied=bool(model.config.get_text_config().tie_word_embeddings))
     image_processor = load_image_processor(path)
     return ChatModel('hf_llava', model.eval(), load_tokenizer(path),
                      _template(template, config.get('prompt_template'), path),

@@ -94,16 +94,21 @@ def check_weights(setting: str, source, expected: Mapping[str, tuple], found: Ma
         raise MMLLaVAError(f'{setting}: {source}: ' + '; '.join(found_problems))
 
 
-def check_loading_info(setting: str, source, info: Mapping, component: str, tied: bool = False) -> None:
-    """Second line of defence after ``from_pretrained(..., output_loading_info=True)``: anything
-    transformers reports missing, unexpected or mismatched (beyond ``TOLERATED``) is an error."""
-    missing = [k for k in info.get('missing_keys') or () if not _tolerated(k, tied)]
-    unexpected = [k for k in info.get('unexpected_keys') or () if not _tolerated(k, tied)]
-    mismatched = [entry[0] if isinstance(entry, (tuple, list)) else entry
-                  for entry in info.get('mismatched_keys') or ()]
-    parts = [f'{len(keys)} {component} weights {kind} ({_names(keys)})'
-             for kind, keys in (('missing', missing), ('unused', unexpected), ('of the wrong shape', mismatched))
-             if keys]
+def check_loading_info(setting: str, source, info: Mapping, component: str, expected_keys: Iterable[str],
+                       tied: bool = False) -> None:
+    """After ``from_pretrained(..., output_loading_info=True)`` (with ``ignore_mismatched_sizes=True``
+    where no check came first): anything transformers reports missing, unexpected or mismatched,
+    beyond ``TOLERATED``, is the one-line error. ``expected_keys``: the module's state-dict keys."""
+    missing = set(info.get('missing_keys') or ())
+    expected = {key: () for key in expected_keys}
+    found = {key: () for key in expected if key not in missing}
+    found.update({key: () for key in info.get('unexpected_keys') or ()})
+    parts = problems(expected, found, component, tied)
+    mismatched = [entry for entry in info.get('mismatched_keys') or () if isinstance(entry, (tuple, list))]
+    if mismatched:
+        key, read, true = sorted(mismatched)[0][:3]
+        parts.append(f'{len(mismatched)} {component} weights of the wrong shape ({key}: {tuple(read)} in the file, '
+                     f'the model expects {tuple(true)}{", …" if len(mismatched) > 1 else ""})')
     if parts:
         raise MMLLaVAError(f'{setting}: {source}: ' + '; '.join(parts))
 
