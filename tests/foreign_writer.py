@@ -83,6 +83,12 @@ for name, zoo_name, cls, config_cls, tied, theta in (
                   'tokenizer_class': json.loads((folder / 'tokenizer_config.json').read_text()).get('tokenizer_class')}
     llms[name] = model
 info['text'] = text
+# The class-specific tokenizer files (4.x writes tokenizer_class LlamaTokenizerFast, 5.x LlamaTokenizer...).
+llama_tokenizer = transformers.LlamaTokenizerFast.from_pretrained(zoo / 'llama3_instruct')
+llama_tokenizer.save_pretrained(out / 'llama_tokenizer')
+info['llama_tokenizer'] = {
+    'text_ids': llama_tokenizer(text)['input_ids'],
+    'tokenizer_class': json.loads((out / 'llama_tokenizer' / 'tokenizer_config.json').read_text()).get('tokenizer_class')}
 
 # LLaVA: the tower of clip_vision's shape, the llama LLM above, a random projector.
 llama = llms['llama']

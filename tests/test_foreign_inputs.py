@@ -123,12 +123,22 @@ def test_llm_folders_give_the_writers_logits_and_token_ids(written, version, nam
     assert tokenizer(facts['text'])['input_ids'] == facts[name]['text_ids'], facts[name]['tokenizer_class']
 
 
+@pytest.mark.parametrize('version', ['4', '5'])
+def test_llama_class_tokenizer_files_give_the_writers_ids(written, version):
+    from mmllava.builders import load_tokenizer
+
+    folder, _, facts = written[version]
+    tokenizer = load_tokenizer(folder / 'llama_tokenizer')
+    assert tokenizer(facts['text'])['input_ids'] == facts['llama_tokenizer']['text_ids']
+
+
 def test_tokenizer_classes_written(written):
-    """The tokenizer files the two versions write differ (what the test above reads)."""
+    """The tokenizer files the two versions write differ (what the tests above read)."""
     classes = {(version, name): written[version][2][name]['tokenizer_class']
-               for version in '45' for name in ('llama', 'qwen2')}
-    assert classes[('5', 'llama')] == 'TokenizersBackend'
-    assert classes[('4', 'llama')] != classes[('5', 'llama')]
+               for version in '45' for name in ('llama', 'qwen2', 'llama_tokenizer')}
+    assert classes == {('4', 'llama'): 'PreTrainedTokenizer', ('5', 'llama'): 'TokenizersBackend',
+                       ('4', 'qwen2'): 'Qwen2Tokenizer', ('5', 'qwen2'): 'Qwen2Tokenizer',
+                       ('4', 'llama_tokenizer'): 'LlamaTokenizerFast', ('5', 'llama_tokenizer'): 'LlamaTokenizer'}
 
 
 @pytest.mark.parametrize('version', ['4', '5'])
