@@ -352,7 +352,8 @@ def _assert_refused(message, setting, source, component, kind, reported, renamed
 
 @pytest.mark.parametrize('kind', ['removed', 'renamed', 'wrong_shape'])
 def test_damaged_pretrained_pth_and_load_from_are_refused(trained_llava, tmp_path, kind):
-    """The projector of a pretraining run, as ``pretrained_pth`` and as ``load_from``."""
+    """The projector of a pretraining run, as ``pretrained_pth`` and as ``load_from`` / resume (a
+    ``.pth`` file or a DeepSpeed folder)."""
     from mmllava.engine.checkpoint import load_checkpoint_file, load_checkpoint_to_model
 
     model, path = trained_llava
@@ -366,9 +367,19 @@ def test_damaged_pretrained_pth_and_load_from_are_refused(trained_llava, tmp_pat
         load_checkpoint_to_model(model, load_checkpoint_file(damaged))
     _assert_refused(str(error.value), 'load_from', damaged, 'trained', kind, 'projector.2.weight',
                     'projector.2_v2.weight', read, true)
-    before = model.projector[2].weight.clone()
+    deepspeed = tmp_path / 'iter_2.pth'  # a DeepSpeed checkpoint folder holds the weights as `module`
+    deepspeed.mkdir()
+    torch.save({'module': torch.load(damaged, weights_only=True)['state_dict']},
+               deepspeed / 'mp_rank_00_model_states.pt')
+    with pytest.raises(MMLLaVAError) as error:
+        load_checkpoint_to_model(model, load_checkpoint_file(deepspeed))
+    _assert_refused(str(error.value), 'load_from', deepspeed, 'trained', kind, 'projector.2.weight',
+                    'projector.2_v2.weight', read, true)
+    saved = torch.load(path, weights_only=True)['state_dict']['projector.2.weight']
+    with torch.no_grad():
+        model.projector[2].weight.zero_()
     model.load_pretrained(str(path))  # the undamaged checkpoint loads
-    assert torch.equal(model.projector[2].weight, before)
+    assert torch.equal(model.projector[2].weight, saved)
 
 
 @pytest.mark.parametrize('kind', ['removed', 'renamed', 'wrong_shape'])
