@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from mmllava.config import build
-from mmllava.errors import MMLLaVAError
 from mmllava.models.base import MultimodalModel
 
 
