@@ -433,3 +433,34 @@ def test_train_refuses_a_damaged_clip_before_any_step(written, tmp_path):
         f'(encoder.layers.2.mlp.fc1.weight) (edit visual_encoder_name_or_path in {REPO}/mmllava/configs/llava/tiny/'
         'llava_tiny_llama3_instruct_qlora_clip_finetune.py)')
     assert _losses(work_dir) == []
+
+
+def test_our_internvl_huggingface_export_reads_back_in_chat(tiny_zoo, tmp_path):
+    """The native InternVL folder mmllava itself exports is an input too: ``chat`` (and so eval,
+    serve, demo) loads it strictly, with the trained model's logits. Tolerance 1e-4 as the export
+    tests': the export merges LoRA into the weights (W + B @ A), which reorders fp32 sums."""
+    from mmllava.chat.loader import load_chat_model
+    from mmllava.cli import main
+    from mmllava.config import build, load_config, parse_cfg_options
+    from mmllava.data.internvl_dataset import internvl_collate
+
+    config = 'internvl_tiny_internlm2_lora_finetune'
+    options = [f'path={tiny_zoo["internvl2_official"]}', f'data_root={REPO}/data/synthetic/']
+    cfg = load_config(config, parse_cfg_options(options))
+    model = build(cfg.model).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # adapters that change the outputs
+        for param in model.parameters():
+            if param.requires_grad:
+                param += 0.05 * torch.randn(param.shape, generator=gen)
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, tmp_path / 'iter_5.pth')
+    assert main(['convert', 'pth_to_hf', config, str(tmp_path / 'iter_5.pth'), str(tmp_path / 'hf'), '--fp32',
+                 '--save-format', 'huggingface', '--cfg-options', *options]) == 0
+    dataset = build(cfg.internvl_dataset)
+    batch = internvl_collate([dataset[i] for i in range(2)], dataset.pad_token_id)['data']
+    chat = load_chat_model(tmp_path / 'hf', torch_dtype='float32', prompt_template='internlm2_chat', device='cpu')
+    with torch.no_grad():
+        expected, logits = model(batch, mode='tensor'), chat.model(batch, mode='tensor')
+    mask = batch['attention_mask'].bool()
+    torch.testing.assert_close(logits[mask], expected[mask], rtol=0, atol=1e-4)
+    assert (chat.image_processor.image_size, chat.image_processor.max_num) == (56, 6)  # the tiling settings
