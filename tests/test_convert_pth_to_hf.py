@@ -197,24 +197,28 @@ def test_checkpoint_of_another_model_is_a_clear_error(tiny_zoo, tmp_path, capsys
     torch.save({'state_dict': {'projector.0.weight': torch.zeros(3, 3)}}, tmp_path / 'iter_1.pth')
     assert convert(PRETRAIN, tmp_path / 'iter_1.pth', tmp_path / 'out', tiny_zoo) == 1
     last = capsys.readouterr().err.splitlines()[-1]  # after transformers' loading progress bars
-    assert last == (f'mmllava convert: error: checkpoint {tmp_path / "iter_1.pth"}: does not match this model; '
-                    "missing keys: ['projector.0.bias', 'projector.2.bias', 'projector.2.weight']; "
-                    'unexpected keys: none')
+    assert last == (f'mmllava convert: error: checkpoint: {tmp_path / "iter_1.pth"}: 3 of 4 trained weights missing '
+                    '(projector.0.bias, projector.2.bias, projector.2.weight); 1 trained weights of the wrong shape '
+                    '(projector.0.weight: (3, 3) in the file, the model expects (64, 64))')
 
 
 def _xtuner_lora_checkpoint(path, model, rank: int):
     """What XTuner's LLaVAModel saves for an InternLM2 LoRA run: PEFT keys without the adapter
-    name, InternLM2 module names (packed ``wqkv``), the projector as ``projector.model.*``."""
+    name, InternLM2 module names (packed ``wqkv``), the projector as ``projector.model.*``; every
+    adapted module of every layer (a complete checkpoint: loading is strict)."""
     gen = torch.Generator().manual_seed(3)
     config = model.llm.config
     hidden, head_dim = config.hidden_size, config.head_dim
     rows = (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim
-    layer = 'llm.base_model.model.model.layers.0.'
-    state = {layer + 'attention.wqkv.lora_A.weight': torch.randn(rank, hidden, generator=gen),
-             layer + 'attention.wqkv.lora_B.weight': torch.randn(rows, rank, generator=gen),
-             layer + 'attention.wo.lora_A.weight': torch.randn(rank, hidden, generator=gen),
-             layer + 'attention.wo.lora_B.weight': torch.randn(hidden, rank, generator=gen),
-             layer + 'feed_forward.w2.lora_B.weight': torch.randn(hidden, rank, generator=gen)}
+    ffn = config.intermediate_size
+    modules = {'attention.wqkv': (hidden, rows), 'attention.wo': (hidden, hidden), 'feed_forward.w1': (hidden, ffn),
+               'feed_forward.w3': (hidden, ffn), 'feed_forward.w2': (ffn, hidden)}
+    state = {}
+    for layer_index in range(config.num_hidden_layers):
+        layer = f'llm.base_model.model.model.layers.{layer_index}.'
+        for module, (fan_in, fan_out) in modules.items():
+            state[f'{layer}{module}.lora_A.weight'] = torch.randn(rank, fan_in, generator=gen)
+            state[f'{layer}{module}.lora_B.weight'] = torch.randn(fan_out, rank, generator=gen)
     state.update({f'projector.model.{key}': torch.randn(value.shape, generator=gen)
                   for key, value in model.projector.state_dict().items()})
     torch.save({'state_dict': state, 'meta': {}}, path)
@@ -251,6 +255,7 @@ def test_xtuner_lora_checkpoint_of_internlm2_loads_with_wqkv_split_exactly(tiny_
 
     # another LoRA rank: a clear error naming the key, not torch's size-mismatch dump
     _xtuner_lora_checkpoint(tmp_path / 'rank8.pth', model, rank // 2)
-    with pytest.raises(MMLLaVAError, match=r'self_attn\.q_proj\.lora_A\.default\.weight has shape \(8, 64\), the model '
-                                           r'expects \(16, 64\) \(another LoRA rank'):
+    with pytest.raises(MMLLaVAError, match=r'^pretrained_pth: .*rank8\.pth: 28 trained weights of the wrong shape '
+                                           r'\(llm\.base_model\.model\.model\.layers\.0\.mlp\.down_proj\.lora_A\.default'
+                                           r'\.weight: \(8, 128\) in the file, the model expects \(16, 128\), …\)$'):
         model.load_pretrained(str(tmp_path / 'rank8.pth'))

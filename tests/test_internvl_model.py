@@ -152,7 +152,7 @@ def test_tiny_official_folder_loads_natively_and_matches_reference_internvit(tin
 def test_loader_refuses_other_folders(tiny_zoo):
     from mmllava.builders.internvl import load_internvl
 
-    with pytest.raises(MMLLaVAError, match="is a 'internlm2' model, expected an official InternVL folder"):
+    with pytest.raises(MMLLaVAError, match="is a 'internlm2' model, expected an InternVL folder"):
         load_internvl(tiny_zoo['internlm2_chat'])
 
 

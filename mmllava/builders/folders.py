@@ -67,6 +67,10 @@ def weight_files(folder: Path, what: str) -> list[Path]:
                           ('pytorch_model.bin', 'pytorch_model.bin.index.json')):
         if (folder / index).is_file():
             shards = sorted(set(read_json(folder / index, what)['weight_map'].values()))
+            absent = [shard for shard in shards if not (folder / shard).is_file()]
+            if absent:
+                raise MMLLaVAError(f'{what}: {folder}: {len(absent)} of {len(shards)} checkpoint shards named by '
+                                   f'{index} missing ({", ".join(absent[:3])})')
             return [folder / shard for shard in shards]
         if (folder / single).is_file():
             return [folder / single]
@@ -87,3 +91,20 @@ def iter_weight_shards(folder: Path, what: str, keep: Callable[[str], bool] = la
             # weights_only: a checkpoint must never run code; mmap keeps the file's pages out of our heap.
             shard = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
             yield {key: tensor for key, tensor in shard.items() if keep(key)}
+
+
+def weight_shapes(folder: Path, what: str) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of every tensor in the folder's checkpoint files, read from the safetensors
+    headers without loading the data (``.bin`` files are memory-mapped)."""
+    import torch
+    from safetensors import safe_open
+
+    out = {}
+    for path in weight_files(folder, what):
+        if path.suffix == '.safetensors':
+            with safe_open(str(path), framework='pt') as f:
+                out.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+        else:
+            shard = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            out.update({key: tuple(tensor.shape) for key, tensor in shard.items()})
+    return out

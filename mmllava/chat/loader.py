@@ -139,15 +139,11 @@ def _quantization(bits: int | None):
 
 
 def _with_adapter(model, adapter: Path):
-    """``model`` with the PEFT adapter in ``adapter`` applied (merged unless the model is quantised)."""
-    from peft import PeftModel
-
+    """``model`` with the PEFT adapter in ``adapter`` applied strictly (merged unless the model is quantised)."""
+    from mmllava.formats.strict import load_peft_adapter
     from mmllava.models.lora import is_quantized
 
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter))
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise MMLLaVAError(f'{adapter}: cannot apply the adapter: {str(e).splitlines()[0]}') from None
+    peft_model = load_peft_adapter(model, adapter, '--llava')
     return peft_model if is_quantized(model) else peft_model.merge_and_unload()
 
 
@@ -182,24 +178,22 @@ def _load_xtuner_export(model_path: Path, llava: Path, visual_encoder: str | Non
                        projector_depth=projector_cfg.get('depth', 2), use_activation_checkpointing=False)
     state = {'projector.' + k: v for k, v in load_file(str(projector_dir / 'model.safetensors')).items()}
     projector, rest, _ = split_projector_state(state)
-    if rest:
-        raise MMLLaVAError(f'{projector_dir}: unexpected projector weights {sorted(rest)[:4]}')
-    _load_projector(model, projector, projector_dir)
+    _load_projector(model, projector, projector_dir, '--llava', unused=rest)
     image_processor = load_image_processor(vision_dir)
     return ChatModel('llava', model.eval(), load_tokenizer(llm_dir),
                      _template(template, projector_cfg.get('prompt_template'), llava),
                      image_processor, image_processor.num_image_tokens)
 
 
-def _load_projector(model, projector: dict, source: Path) -> None:
-    """``projector`` (our ``projector.N.*`` keys) into ``model.projector``, or a one-line error."""
-    if not projector:
-        raise MMLLaVAError(f'{source}: no projector weights')
-    try:
-        model.projector.load_state_dict({k.removeprefix('projector.'): v for k, v in projector.items()})
-    except RuntimeError as e:
-        raise MMLLaVAError(f'{source}: the projector does not fit this LLM / vision encoder: '
-                           f'{str(e).splitlines()[-1].strip()}') from None
+def _load_projector(model, projector: dict, source: Path, setting: str, unused: dict | None = None) -> None:
+    """``projector`` (our ``projector.N.*`` keys) into ``model.projector``, strictly: a missing,
+    wrong-shaped or (in ``unused``) left-over weight is the one-line error naming ``setting``."""
+    from mmllava.formats.strict import check_weights, shapes
+
+    projector = {k.removeprefix('projector.'): v for k, v in projector.items()}
+    check_weights(setting, source, shapes(model.projector.state_dict()),
+                  {**shapes(projector), **shapes(unused or {})}, 'projector')
+    model.projector.load_state_dict(projector)
 
 
 def _load_official_llava(path: Path, visual_encoder: str | None, template: str | None, dtype) -> ChatModel:
@@ -251,7 +245,7 @@ def _load_official_llava(path: Path, visual_encoder: str | None, template: str |
     model = LLaVAModel(llm=llm, visual_encoder=vision, freeze_llm=True, freeze_visual_encoder=True,
                        visual_select_layer=config.get('mm_vision_select_layer', -2),
                        projector_depth=int(depth.group(1) or 1), use_activation_checkpointing=False)
-    _load_projector(model, projector, path)
+    _load_projector(model, projector, path, 'MODEL')
     image_processor = load_image_processor(vision_dir)
     return ChatModel('llava', model.eval(), load_tokenizer(path),
                      _template(template, config.get('prompt_template'), path), image_processor,
@@ -263,10 +257,18 @@ def _load_hf_llava(path: Path, template: str | None, dtype, quantization, device
     from transformers import LlavaForConditionalGeneration
 
     from mmllava.builders import load_image_processor, load_tokenizer
+    from mmllava.formats.strict import check_loading_info
 
     config = read_json(path / 'config.json', 'model')
     extra = {'quantization_config': quantization, 'device_map': {'': device}} if quantization else {}
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, **extra)
+    try:
+        # mismatched sizes are reported in `info` (and refused below) instead of raised as a report dump
+        model, info = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, output_loading_info=True,
+                                                                    ignore_mismatched_sizes=True, **extra)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise MMLLaVAError(f'model: {path}: cannot load the LLaVA folder: {str(e).splitlines()[0]}') from None
+    check_loading_info('model', path, info, 'LLaVA', model.state_dict(),
+                       tied=bool(model.config.get_text_config().tie_word_embeddings))
     image_processor = load_image_processor(path)
     return ChatModel('hf_llava', model.eval(), load_tokenizer(path),
                      _template(template, config.get('prompt_template'), path),
@@ -299,7 +301,7 @@ def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = 
                                    quantization)
     elif model_type == 'llava':
         chat = _load_hf_llava(path, prompt_template, dtype, quantization, device)
-    elif model_type == 'internvl_chat':
+    elif model_type in ('internvl_chat', 'internvl'):  # official or transformers-native InternVL
         from mmllava.chat.internvl import load_internvl_chat
 
         chat = load_internvl_chat(path, prompt_template, dtype, quantization)

@@ -45,10 +45,9 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, save_dir:
 
     The dtype is the base's own (float32 with ``fp32``); weights are written in the legacy layout.
     """
-    from peft import PeftModel
-
     from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
     from mmllava.convert.folders import save_llm_folder, save_vision_folder
+    from mmllava.formats.strict import load_peft_adapter
 
     adapter = Path(adapter)
     if not (adapter / 'adapter_config.json').is_file():
@@ -58,10 +57,7 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, save_dir:
     print(f'Loading base model {base}', flush=True)
     model = load_vision_encoder(base, torch_dtype=dtype_arg) if is_clip else load_llm(base, torch_dtype=dtype_arg)
     dtype = next(model.parameters()).dtype
-    try:
-        model = PeftModel.from_pretrained(model, str(adapter))
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise MMLLaVAError(f'{adapter}: cannot apply the adapter to {base}: {str(e).splitlines()[0]}') from None
+    model = load_peft_adapter(model, adapter, 'adapter')
     print('Merging LoRA', flush=True)
     model = merge_lora(model, dtype)
     print(f'Saving to {save_dir}', flush=True)

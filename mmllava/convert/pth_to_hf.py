@@ -60,7 +60,7 @@ def load_trained_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
     try:
         model.load_pretrained(str(checkpoint))
     except MMLLaVAError as e:  # the loader names the file "pretrained_pth"; here it is the checkpoint
-        raise MMLLaVAError(str(e).replace('pretrained_pth ', 'checkpoint ', 1)) from None
+        raise MMLLaVAError(str(e).replace('pretrained_pth: ', 'checkpoint: ', 1)) from None
     model.eval()
     return model, cfg
 

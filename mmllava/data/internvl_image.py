@@ -79,7 +79,11 @@ class InternVLImageProcessor:
         from mmllava.builders.folders import read_json, require_dir
         from mmllava.formats.internvl import force_image_size, tokens_per_tile
 
+        from mmllava.formats.internvl import is_native_internvl, native_config_to_official
+
         config = read_json(require_dir(path, 'path') / 'config.json', 'path')
+        if is_native_internvl(config):  # a transformers-native folder: its settings in official names
+            config = native_config_to_official(config, path)
         if 'vision_config' not in config or 'downsample_ratio' not in config:
             raise MMLLaVAError(f'path: {Path(path)} is not an official InternVL folder (no vision_config / '
                                'downsample_ratio in config.json)')

@@ -27,6 +27,8 @@ from mmllava.errors import MMLLaVAError
 
 DEEPSPEED_MODEL_FILE = 'mp_rank_00_model_states.pt'
 LAST_CHECKPOINT = 'last_checkpoint'
+# Where ``load_checkpoint_file`` notes the file it read, so the weight check can name it.
+SOURCE_KEY = 'mmllava_source'
 
 
 class _HistoryBufferState:
@@ -119,10 +121,48 @@ def load_checkpoint_file(filename: str | os.PathLike, map_location=None) -> dict
             raise MMLLaVAError(f'{path}: a folder, but not a DeepSpeed checkpoint (no {DEEPSPEED_MODEL_FILE})')
         checkpoint = safe_torch_load(model_file, map_location=map_location)
         checkpoint['state_dict'] = checkpoint.pop('module')
+        checkpoint[SOURCE_KEY] = str(path)
         return checkpoint
     if not path.is_file():
         raise MMLLaVAError(f'{path}: checkpoint not found')
-    return safe_torch_load(path, map_location=map_location)
+    checkpoint = safe_torch_load(path, map_location=map_location)
+    if isinstance(checkpoint, dict):
+        checkpoint[SOURCE_KEY] = str(path)
+    return checkpoint
+
+
+def load_checkpoint_to_model(model, checkpoint: dict, strict: bool = False, revise_keys=((r'^module\.', ''),)):
+    """mmengine's ``_load_checkpoint_to_model`` (``load_from`` and resume, plain and DeepSpeed
+    runners) after checking the weights against one of our multimodal models: each part the
+    checkpoint holds (projector, LoRA adapters, an unfrozen tower) complete, known and of the right
+    shapes (``mmllava.formats.strict.check_trained_parts``). mmengine itself loads non-strictly and
+    only logs what did not fit, which would train on from a partly initialised model."""
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+    from mmllava.models.base import MultimodalModel
+
+    source = checkpoint.pop(SOURCE_KEY, None) if isinstance(checkpoint, dict) else None
+    if isinstance(model, MultimodalModel):
+        check_checkpoint_fits(model, checkpoint.get('state_dict', checkpoint), source or 'the checkpoint',
+                              revise_keys)
+    return _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=list(revise_keys))
+
+
+def check_checkpoint_fits(model, state_dict: dict, source, revise_keys=((r'^module\.', ''),)) -> None:
+    """Raise the one-line ``load_from: SOURCE: ...`` error unless ``state_dict`` (an ``iter_N.pth``'s
+    weights) fits ``model``'s parts (see ``load_checkpoint_to_model``)."""
+    import re
+
+    from torch import nn
+
+    from mmllava.formats.strict import check_trained_parts, shapes
+
+    revised = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in revise_keys:
+            key = re.sub(pattern, replacement, key)
+        revised[key] = value
+    check_trained_parts('load_from', source, shapes(nn.Module.state_dict(model)), shapes(revised))
 
 
 # --- atomic writing ---------------------------------------------------------------------------

@@ -114,6 +114,7 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
 
     def resume(self, filename, *, resume_optimizer=True, resume_param_scheduler=True, map_location='default',
                callback=None):
+        _check_folder_fits(self.model.module, filename)
         checkpoint = super().resume(filename, resume_optimizer=resume_optimizer,
                                     resume_param_scheduler=resume_param_scheduler)
         if callback is not None:
@@ -122,19 +123,30 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
 
     def load_checkpoint(self, filename, *, map_location='cpu', strict=False, revise_keys=[(r'^module.', '')],
                         callback=None):
+        from mmllava.engine.checkpoint import load_checkpoint_file, load_checkpoint_to_model
+
         if os.path.isdir(filename):
+            _check_folder_fits(self.model.module, filename)
             checkpoint = super().load_checkpoint(filename)
         else:
-            from mmengine.runner.checkpoint import _load_checkpoint_to_model
-
-            from mmllava.engine.checkpoint import load_checkpoint_file
-
             self.logger.info(f'Load checkpoint from {filename}')
             checkpoint = load_checkpoint_file(filename, map_location='cpu')
-            _load_checkpoint_to_model(self.model.module, checkpoint, strict=False, revise_keys=revise_keys)
+            load_checkpoint_to_model(self.model.module, checkpoint, strict=False, revise_keys=revise_keys)
         if callback is not None:
             callback(checkpoint)
         return checkpoint
+
+
+def _check_folder_fits(model, folder) -> None:
+    """DeepSpeed loads module states non-strictly (frozen parameters are left out of the files):
+    check a checkpoint folder's weights against the model first (``check_checkpoint_fits``)."""
+    from mmllava.engine.checkpoint import SOURCE_KEY, check_checkpoint_fits, load_checkpoint_file
+
+    checkpoint = load_checkpoint_file(folder, map_location='cpu')
+    state = checkpoint['state_dict']
+    if any(t.numel() == 0 for t in state.values()):
+        return  # ZeRO-3: the file holds empty placeholders; the weights are in the partitioned shards
+    check_checkpoint_fits(model, state, checkpoint.pop(SOURCE_KEY, folder))
 
 
 class SafeTorchCheckpointEngine(TorchCheckpointEngine):

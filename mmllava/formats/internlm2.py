@@ -13,6 +13,9 @@ from typing import Any, Mapping
 import torch
 from transformers import LlamaConfig
 
+from mmllava.errors import MMLLaVAError
+from mmllava.formats.strict import is_recomputed_buffer
+
 # Module-name renames, InternLM2 -> Llama; each pattern matches a whole dotted segment.
 _RENAMES = (
     ('tok_embeddings', 'embed_tokens'),
@@ -30,8 +33,6 @@ _LM_HEAD = re.compile(r'(^|\.)lm_head\.(weight|bias)$')
 _WQKV = re.compile(r'^(.*)attention\.wqkv\.((?:base_layer\.|lora_B\.[^.]+\.)?(?:weight|bias))$')
 _WQKV_LORA_A = re.compile(r'^(.*)attention\.wqkv\.(lora_A\.[^.]+\.weight)$')
 _Q_PROJ = re.compile(r'^(.*)self_attn\.q_proj\.(weight|bias)$')
-# Old remote-code checkpoints store the rotary table; Llama recomputes it.
-_ROTARY_BUFFER = re.compile(r'rotary_emb\.inv_freq$')
 
 
 def internlm2_config_to_llama(cfg_dict: Mapping[str, Any]) -> LlamaConfig:
@@ -110,7 +111,7 @@ def internlm2_to_llama(
     kv_heads, groups, head_dim = _head_layout(config)
     out = {}
     for key, tensor in state_dict.items():
-        if _ROTARY_BUFFER.search(key):
+        if is_recomputed_buffer(key):  # old remote-code saves hold the rotary table; Llama recomputes it
             continue
         shared = _WQKV_LORA_A.match(key)
         if shared:
@@ -123,6 +124,10 @@ def internlm2_to_llama(
             prefix, kind = packed.groups()
             prefix = _rename(prefix, _RENAMES)
             trailing = tensor.shape[1:]
+            if tensor.shape[0] != kv_heads * (groups + 2) * head_dim:
+                raise MMLLaVAError(f'{key} has shape {tuple(tensor.shape)}, the config needs '
+                                   f'{kv_heads * (groups + 2) * head_dim} rows ({kv_heads} KV heads x '
+                                   f'({groups} queries + key + value) x head_dim {head_dim})')
             parts = tensor.reshape(kv_heads, groups + 2, head_dim, *trailing)
             for name, part in (('q', parts[:, :groups]), ('k', parts[:, groups]), ('v', parts[:, groups + 1])):
                 out[f'{prefix}self_attn.{name}_proj.{kind}'] = part.reshape(-1, *trailing).contiguous()

@@ -56,6 +56,73 @@ def is_official_internvl(config: Mapping[str, Any]) -> bool:
     return config.get('model_type') == 'internvl_chat' or 'InternVLChatModel' in (config.get('architectures') or ())
 
 
+# Top-level key prefixes of an official checkpoint; any other key belongs to no part.
+OFFICIAL_PARTS = (VISION_OFFICIAL, 'language_model.', 'mlp1.')
+# Key forms of native folders -> the native keys of ``InternVLForConditionalGeneration``: transformers
+# 4.52 and 5 save the legacy form (``language_model.model.*``, ``vision_tower.*``), our export the new one.
+_NATIVE_FOLDER_PREFIXES = (('model.vision_tower.', VISION_NATIVE), ('vision_tower.', VISION_NATIVE),
+                           ('model.multi_modal_projector.', 'model.multi_modal_projector.'),
+                           ('multi_modal_projector.', 'model.multi_modal_projector.'),
+                           ('model.language_model.', LLM_NATIVE), ('language_model.model.', LLM_NATIVE),
+                           ('language_model.lm_head.', 'lm_head.'), ('lm_head.', 'lm_head.'))
+
+
+def is_native_internvl(config: Mapping[str, Any]) -> bool:
+    """Whether a ``config.json`` dict is a transformers-native ``InternVLForConditionalGeneration``."""
+    return config.get('model_type') == 'internvl'
+
+
+def native_folder_key(key: str) -> str | None:
+    """A native folder's key (either form, see ``_NATIVE_FOLDER_PREFIXES``) as the native key, or
+    ``None`` for a key of no InternVL part."""
+    for old, new in _NATIVE_FOLDER_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
+def native_config_to_official(config: Mapping[str, Any], folder=None) -> dict:
+    """The official ``config.json`` dict equivalent to a native ``InternVLConfig`` dict (the inverse
+    of :func:`official_config_to_native` for the settings it reads); the tiling settings come from the
+    folder's ``preprocessor_config.json`` (``GotOcr2ImageProcessor``) when there is one.
+
+    The LM head is tied as the writer tied it: transformers 5 decides by the top-level
+    ``tie_word_embeddings``, 4.52 by the text config's."""
+    import json
+    from pathlib import Path
+
+    vision = config['vision_config']
+    text = dict(config['text_config'])
+    text['tie_word_embeddings'] = bool(config.get('tie_word_embeddings', text.get('tie_word_embeddings', False)))
+
+    def side(value):
+        return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+    official_vision = dict(
+        hidden_size=vision['hidden_size'], intermediate_size=vision['intermediate_size'],
+        num_hidden_layers=vision['num_hidden_layers'], num_attention_heads=vision['num_attention_heads'],
+        hidden_act=vision.get('hidden_act', 'gelu'), qkv_bias=vision.get('attention_bias', False),
+        qk_normalization=vision.get('use_qk_norm', False), norm_type=vision.get('norm_type', 'layer_norm'),
+        layer_norm_eps=vision.get('layer_norm_eps', 1e-6), image_size=side(vision.get('image_size', 448)),
+        patch_size=side(vision.get('patch_size', 14)), num_channels=vision.get('num_channels', 3),
+        attention_dropout=vision.get('attention_dropout', 0.0), dropout=vision.get('hidden_dropout_prob', 0.0))
+    processor = {}
+    if folder is not None and (Path(folder) / 'preprocessor_config.json').is_file():
+        processor = json.loads((Path(folder) / 'preprocessor_config.json').read_text(encoding='utf-8'))
+    size = processor.get('size') or {}
+    official = dict(
+        model_type='internvl_chat', architectures=['InternVLChatModel'], vision_config=official_vision,
+        llm_config=text, downsample_ratio=config.get('downsample_ratio', 0.5),
+        select_layer=config.get('vision_feature_layer', -1), ps_version='v2',
+        force_image_size=int(size.get('height', official_vision['image_size'])),
+        dynamic_image_size=bool(processor.get('crop_to_patches', True)),
+        min_dynamic_patch=int(processor.get('min_patches', 1)), max_dynamic_patch=int(processor.get('max_patches', 12)),
+        use_thumbnail=True)
+    if config.get('prompt_template'):
+        official['prompt_template'] = config['prompt_template']
+    return official
+
+
 def _is_internlm2(llm_config: Mapping[str, Any]) -> bool:
     return (llm_config.get('model_type') == 'internlm2'
             or 'InternLM2ForCausalLM' in (llm_config.get('architectures') or ()))

@@ -62,25 +62,18 @@ def projector_to_llava(projector_state: dict) -> dict:
 
 def read_hf_llava_projector(folder) -> dict:
     """The ``multi_modal_projector.*`` tensors of a transformers Llava folder (``mmllava build``
-    output or a huggingface export), read from its safetensors without loading anything else.
+    output, a huggingface export, or a folder transformers 4.x/5 saved: safetensors or ``.bin``,
+    sharded or not), read without loading anything else.
 
     The keys stay in transformers' naming, so ``split_projector_state`` reports ``'huggingface'``.
     """
-    import json
     from pathlib import Path
 
-    from safetensors import safe_open
+    from mmllava.builders.folders import iter_weight_shards
 
-    folder = Path(folder)
-    index = folder / 'model.safetensors.index.json'
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding='utf-8'))['weight_map'].values()))
-    else:
-        files = ['model.safetensors']
     out = {}
-    for name in files:
-        with safe_open(str(folder / name), framework='pt') as f:
-            out.update({k: f.get_tensor(k) for k in f.keys() if _HF_PROJECTOR.match(k)})
+    for shard in iter_weight_shards(Path(folder), 'pretrained_pth', keep=lambda key: bool(_HF_PROJECTOR.match(key))):
+        out.update(shard)
     return out
 
 

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from mmllava.config import build
-from mmllava.errors import MMLLaVAError
 from mmllava.models.base import MultimodalModel
 
 
@@ -70,16 +69,13 @@ class InternVLModel(MultimodalModel):
 
     # ------------------------------------------------------------------ weights
     def load_pretrained(self, path: str) -> None:
-        """Load trained weights saved by this model (any subset of its keys); unknown keys are an error."""
+        """Load trained weights saved by this model: any of its parts, each complete and of the right shapes
+        (``mmllava.formats.strict.check_trained_parts``)."""
         from mmllava.formats.checkpoint import load_state_dict_file
+        from mmllava.formats.strict import check_trained_parts, shapes
 
         state = load_state_dict_file(path)
-        own = self.state_dict_all_names()
-        unexpected = sorted(k for k in state if k not in own)
-        if unexpected or not state:
-            raise MMLLaVAError(f'pretrained_pth {path}: does not match this model; unexpected keys: '
-                               f'{unexpected[:8] or "none"}{" ..." if len(unexpected) > 8 else ""}'
-                               f'{"" if state else " (no weights)"}')
+        check_trained_parts('pretrained_pth', path, shapes(nn.Module.state_dict(self)), shapes(state))
         nn.Module.load_state_dict(self, state, strict=False)
 
     # ------------------------------------------------------------------ images

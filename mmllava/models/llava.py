@@ -57,34 +57,20 @@ class LLaVAModel(MultimodalModel):
     # ------------------------------------------------------------------ weights
     def load_pretrained(self, path: str) -> None:
         """Load a projector (and any of our trained weights, or XTuner's LoRA adapters, InternLM2
-        ``wqkv`` ones included) from ``path``; any format in ``mmllava.formats.llava``. Unknown keys
-        and shapes that do not fit are errors, never silently ignored."""
+        ``wqkv`` ones included) from ``path``; any format in ``mmllava.formats.llava``. Each part the
+        file holds must be complete and fit (``mmllava.formats.strict.check_trained_parts``)."""
         from mmllava.formats.checkpoint import load_state_dict_file
         from mmllava.formats.llava import split_projector_state, xtuner_weights_to_ours
+        from mmllava.formats.strict import check_trained_parts, shapes
 
         state = load_state_dict_file(path)
         projector, rest, _ = split_projector_state(state)
-        rest = xtuner_weights_to_ours(rest, self.llm.config)
-        own = self.state_dict_all_names()
-        unexpected = sorted(k for k in rest if k not in own)
-        missing = sorted(k for k in self.projector_keys() if k not in projector)
-        if unexpected or (missing and len(missing) != len(self.projector_keys())) or not (projector or rest):
-            raise MMLLaVAError(
-                f'pretrained_pth {path}: does not match this model; '
-                f'missing keys: {missing[:8] or "none"}; unexpected keys: {unexpected[:8] or "none"}'
-                f'{" ..." if len(unexpected) > 8 else ""}')
-        shapes = self.projector.state_dict()
-        for key, value in projector.items():
-            if tuple(value.shape) != tuple(shapes[key.removeprefix('projector.')].shape):
-                raise MMLLaVAError(f'pretrained_pth {path}: {key} has shape {tuple(value.shape)}, the model '
-                                   f'expects {tuple(shapes[key.removeprefix("projector.")].shape)} '
-                                   '(was it trained for another LLM or vision encoder?)')
-        own_shapes = {key: tuple(value.shape) for key, value in nn.Module.state_dict(self).items() if key in rest}
-        for key, value in rest.items():
-            if key in own_shapes and tuple(value.shape) != own_shapes[key]:
-                raise MMLLaVAError(f'pretrained_pth {path}: {key} has shape {tuple(value.shape)}, the model expects '
-                                   f'{own_shapes[key]} (another LoRA rank, LLM or vision encoder?)')
-        nn.Module.load_state_dict(self, {**projector, **rest}, strict=False)
+        try:
+            state = {**projector, **xtuner_weights_to_ours(rest, self.llm.config)}
+        except MMLLaVAError as e:  # a packed wqkv that does not fit this LLM
+            raise MMLLaVAError(f'pretrained_pth: {path}: {e}') from None
+        check_trained_parts('pretrained_pth', path, shapes(nn.Module.state_dict(self)), shapes(state))
+        nn.Module.load_state_dict(self, state, strict=False)
 
     def projector_keys(self) -> list[str]:
         """State-dict keys of the projector, in our naming."""
