@@ -430,8 +430,8 @@ def test_train_refuses_a_damaged_clip_before_any_step(written, tmp_path):
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (
         f'mmllava train: error: visual_encoder_name_or_path: {damaged}: 1 of 55 vision weights missing '
-        f'(encoder.layers.2.mlp.fc1.weight) (edit visual_encoder_name_or_path in {REPO}/mmllava/configs/llava/tiny/'
-        'llava_tiny_llama3_instruct_qlora_clip_finetune.py)')
+        '(encoder.layers.2.mlp.fc1.weight) (set --cfg-options visual_encoder_name_or_path=..., or edit '
+        'visual_encoder_name_or_path in a copy: mmllava copy-cfg llava_tiny_llama3_instruct_qlora_clip_finetune .)')
     assert _losses(work_dir) == []
 
 
