@@ -141,7 +141,7 @@ class InternLM2ForCausalLM(InternLM2PreTrainedModel):
         """Greedy decoding (``do_sample`` is not supported); returns only the new ids when started
         from ``inputs_embeds`` (as transformers does), else prompt + new ids."""
         if kwargs.get('do_sample'):
-            raise NotImplementedError('this InternLM2 decodes greedily only')
+            raise ValueError("the tiny zoo's InternLM2 remote code decodes greedily only: pass do_sample=False")
         eos = set(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]) - {None}
         embeds = self.model.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         new = []
