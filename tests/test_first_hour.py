@@ -31,8 +31,14 @@ def test_tiny_train_from_an_empty_folder_builds_the_default_and_prints_a_short_l
     lines = output.splitlines()
     work_dir = folder / 'work_dirs' / PRETRAIN
     assert (work_dir / 'iter_30.pth').is_file()
-    assert sorted(p.name for p in cache.iterdir()) == ['synthetic', 'tiny_models']
-    assert sorted(p.name for p in (cache / 'tiny_models').iterdir()) == ['clip_vit', 'internlm2_chat']
+    from mmllava.tiny.cache import synthetic_data_path, tiny_model_path
+
+    with pytest.MonkeyPatch.context() as env_patch:  # the folders this process would name for that cache
+        env_patch.setenv('MMLLAVA_CACHE', str(cache))
+        env_patch.delenv('MMLLAVA_TINY_ZOO', raising=False)
+        data, models = synthetic_data_path(), tiny_model_path('clip_vit').parent
+    assert sorted(p.name for p in cache.iterdir()) == sorted([data.name, models.name])
+    assert sorted(p.name for p in models.iterdir()) == ['clip_vit', 'internlm2_chat']
     # 5 header lines, 2 x 2 chat lines, 3 progress lines, the checkpoint lines: 20 is the budget
     assert len(lines) <= 20, output
     assert not [line for line in lines if 'warning' in line.lower()], output
@@ -40,7 +46,7 @@ def test_tiny_train_from_an_empty_folder_builds_the_default_and_prints_a_short_l
     assert lines[header] == f'config    {REPO}/mmllava/configs/llava/tiny/{PRETRAIN}.py'
     assert lines[header + 1].startswith(f'work dir  {work_dir}  (full log: {work_dir}/')
     assert any(re.fullmatch(r'model     [\d.]+k trainable / [\d.]+k parameters', line) for line in lines), output
-    assert f'data      240 samples ({cache}/synthetic/pretrain.json): 30 batches of 8 per epoch, 30 iterations' \
+    assert f'data      240 samples ({data}/pretrain.json): 30 batches of 8 per epoch, 30 iterations' \
         in lines
     assert any(re.fullmatch(r'device    cpu, \d+ threads, no DeepSpeed', line) for line in lines), output
     losses = [float(m.group(1)) for m in (re.match(r'iter [ \d]+/30  loss ([\d.]+)  lr \S+  [\d.]+ s/it  '

@@ -3,8 +3,10 @@ from any folder after a plain ``pip install`` (the synthetic data committed unde
 part of the installed package).
 
 Where: ``$MMLLAVA_CACHE`` or ``$XDG_CACHE_HOME/mmllava`` (default ``~/.cache/mmllava``):
-``tiny_models/<name>`` (``mmllava.tiny.zoo``, seed 0) and ``synthetic`` (``mmllava.tiny.synthetic``,
-seed 0). ``$MMLLAVA_TINY_ZOO`` names a prebuilt zoo to use for the models instead (tests share one).
+``tiny_models-<version>/<name>`` (``mmllava.tiny.zoo``, seed 0) and ``synthetic-<version>``
+(``mmllava.tiny.synthetic``, seed 0), where ``<version>`` is a digest of the builders' source (and of
+transformers' version, which writes part of the model files): a folder built by another mmllava is
+never taken for this one's. ``$MMLLAVA_TINY_ZOO`` names a prebuilt zoo to use for the models instead (tests share one).
 Both builders are deterministic, so a folder built once is the folder any later build would write.
 Builds go to a temporary sibling that is renamed into place: processes building at once (the ranks
 of a ``torchrun``) never see a half-written folder.
@@ -26,6 +28,20 @@ def cache_root() -> Path:
         return Path(os.environ['MMLLAVA_CACHE']).expanduser().resolve()
     xdg = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     return Path(xdg).resolve() / 'mmllava'
+
+
+def _version(*sources: str) -> str:
+    """A short digest of the named files of ``mmllava.tiny`` (every ``*.py`` of a named folder) and
+    of the installed transformers' version: the identity of what the builders write."""
+    import hashlib
+    from importlib.metadata import version
+
+    here = Path(__file__).parent
+    digest = hashlib.sha256(version('transformers').encode())
+    for source in sources:
+        for path in sorted((here / source).glob('*.py')) if (here / source).is_dir() else [here / source]:
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _complete(folder: Path) -> bool:
@@ -64,7 +80,8 @@ def tiny_model_path(name: str) -> Path:
 
         raise MMLLaVAError(f'no tiny model named {name!r}; known: {", ".join(BUILDERS)}')
     zoo = os.environ.get('MMLLAVA_TINY_ZOO')
-    root = Path(zoo).expanduser().resolve() if zoo else cache_root() / 'tiny_models'
+    root = (Path(zoo).expanduser().resolve() if zoo else
+            cache_root() / f'tiny_models-{_version("zoo.py", "tokenizers.py", "vocabulary.py", "remote_code")}')
 
     # A prebuilt zoo (tools/make_tiny_zoo.py) has no .complete file: is_built checks its files.
     return _built(root / name, lambda tmp: build_tiny_zoo(tmp, names=[name])[name], done=is_built)
@@ -79,7 +96,7 @@ def synthetic_data_path() -> Path:
         build_synthetic_data(tmp)
         return tmp
 
-    return _built(cache_root() / 'synthetic', build)
+    return _built(cache_root() / f'synthetic-{_version("synthetic.py")}', build)
 
 
 def main(argv: list[str] | None = None) -> int:
