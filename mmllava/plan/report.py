@@ -38,8 +38,8 @@ def plan_lines(plan: Plan, gpu_mem: int | None = None) -> list[str]:
     w = plan.workload
     ckpt = 'on' if plan.spec.checkpointing else 'off'
     out.append(f'activations per {"pack row" if w.packed else "sample"} at p95 ({w.row_length} positions, '
-               f'{w.labelled} labelled, {w.images} image{"s" if w.images != 1 else ""}'
-               f'{" tiles" if plan.spec.family == "internvl" else ""}): '
+               f'{w.labelled} labelled, {w.images} image{" tile" if plan.spec.family == "internvl" else ""}'
+               f'{"s" if w.images != 1 else ""}): '
                f'{_gib(plan.activations_no_ckpt.held)} without checkpointing, '
                f'{_gib(plan.activations_ckpt.held)} with it (config: {ckpt})')
     out.append(f'micro-batch: {w.rows} x {w.row_length} positions: activations {_gib(plan.activations.held)} '
