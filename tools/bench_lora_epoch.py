@@ -6,7 +6,7 @@
 Workload: the tiny Llama-3-format LLM + 112 px CLIP (ViT frozen), LoRA r=64 / alpha 16 on the LLM
 in fp32, batch 4, 160 colour-question samples (40 iterations), no dataloader workers, seed 0,
 warm-up ratio 0.1. Per run: s/it (median of iterations 6-40, from the per-iteration log), the
-one-epoch wall, peak RSS (``ru_maxrss`` of the child), first and last loss and the 1-minute load
+one-epoch wall, peak RSS (the child's ``ru_maxrss``), first and last loss and the 1-minute load
 before the run; then min / median / max over the runs. Extra ``--cfg-options`` are appended
 (e.g. ``model.llm.quantization_config=None`` is already there: drop it with ``--qlora``).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,19 +50,24 @@ def _iterations(log: str) -> list[tuple[int, float, float]]:
 
 def one_run(work_dir: Path, options: list[str]) -> dict:
     load = os.getloadavg()[0]
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, '-m', 'mmllava', 'train', CONFIG, '--work-dir', str(work_dir),
-                           '--cfg-options', *options], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit(f'train failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open(work_dir / 'stdout.txt', 'w+') as out, open(work_dir / 'stderr.txt', 'w+') as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, '-m', 'mmllava', 'train', CONFIG, '--work-dir', str(work_dir),
+                                 '--cfg-options', *options], stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, not the largest child's so far
+        wall = time.perf_counter() - start
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f'train failed ({os.waitstatus_to_exitcode(status)}):\n{stderr[-3000:]}')
     log = '\n'.join(p.read_text() for p in sorted(work_dir.glob('*/*.log')))
-    rows = _iterations(log + '\n' + proc.stdout + '\n' + proc.stderr)
+    rows = _iterations(log + '\n' + stdout + '\n' + stderr)
     steady = [seconds for iteration, _, seconds in rows if 6 <= iteration <= 40]
     if not steady:
         raise SystemExit(f'no per-iteration times in the log of {work_dir}')
     return {'sec_per_it': statistics.median(steady), 'wall': wall, 'iterations': len(rows),
-            'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            'peak_rss_mb': usage.ru_maxrss / 1024,
             'first_loss': rows[0][1], 'last_loss': rows[-1][1], 'load_before': load}
 
 
@@ -86,7 +90,8 @@ def main() -> None:
     for index in range(args.runs):
         run = one_run(args.out / f'run_{int(time.time())}_{index}', options)
         runs.append(run)
-        print(f'run {index}: {run["sec_per_it"]:.4f} s/it, wall {run["wall"]:.1f} s, peak RSS {run["peak_rss_mb"]:.0f} MB, '
+        print(f'run {index}: {run["sec_per_it"]:.4f} s/it, wall {run["wall"]:.1f} s, '
+              f'peak RSS {run["peak_rss_mb"]:.0f} MB, '
               f'{run["iterations"]} iterations, loss {run["first_loss"]:.3f} -> {run["last_loss"]:.3f}, '
               f'load before {run["load_before"]:.2f}', flush=True)
     for key in ('sec_per_it', 'wall'):

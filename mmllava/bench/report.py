@@ -84,8 +84,8 @@ def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = 
     ``overhead`` holds framework / bare-loop ratios of the median, the fastest and the CPU seconds
     per step, and the median of the per-repeat ratios (each pair ran back to back, so slow phases
     of a shared machine cancel in part) with their ``paired_ratio_spread`` (min / median / max);
-    ``warnings`` says why the ratio may not be trusted (``trust_warnings``). ``deepspeed`` (a ``--deepspeed`` value) runs both loops
-    through a DeepSpeed engine.
+    ``warnings`` says why the ratio may not be trusted (``trust_warnings``). ``deepspeed`` (a
+    ``--deepspeed`` value) runs both loops through a DeepSpeed engine.
     """
     runs = {'framework': [], 'reference': []}
     load_before = os.getloadavg()
