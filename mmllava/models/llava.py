@@ -86,7 +86,8 @@ class LLaVAModel(MultimodalModel):
         tower = getattr(clip, 'vision_model', clip)  # transformers 4 nests the tower, 5 does not
         layers = tower.encoder.layers
         index = range(len(layers) + 1)[self.visual_select_layer]  # hidden state `index` is after `index` layers
-        if index < len(layers) and not (self.training and _draws_random_numbers(layers[index:])):
+        if (index < len(layers) and hasattr(tower, 'pre_layrnorm')  # CLIP's layout, called part by part
+                and not (self.training and _draws_random_numbers(layers[index:]))):
             # The layers after the selected one cannot change the features (the default -2 skips
             # the last): leave them out. Exact, since they draw no dropout masks either.
             hidden = tower.pre_layrnorm(tower.embeddings(pixel_values))
