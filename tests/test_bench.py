@@ -9,7 +9,7 @@ import pytest
 import torch
 from tolerances import rounding_tolerance
 
-from mmllava.bench.report import FIELDS
+from mmllava.bench.report import FIELDS, spread, trust_warnings
 from mmllava.cli import main
 from mmllava.engine.machine import format_machine_facts, machine_facts
 
@@ -45,6 +45,8 @@ def test_bench_reports_every_field(tiny_zoo, tmp_path, capsys):
     # identical batches in both loops
     assert result['framework']['real_tokens_per_step'] == result['reference']['real_tokens_per_step']
     assert result['overhead']['sec_per_step_ratio'] > 0 and len(result['overhead']['paired_ratios']) == 1
+    ratio = result['overhead']['paired_ratios'][0]
+    assert result['overhead']['paired_ratio_spread'] == {'min': ratio, 'median': ratio, 'max': ratio}
     assert result['load_average_1min'].keys() == {'before', 'after'}
     # same model, batches, optimizer and lr schedule: the bare loop trains exactly as the runner
     assert len(result['framework']['losses']) == 4
@@ -55,6 +57,10 @@ def test_bench_reports_every_field(tiny_zoo, tmp_path, capsys):
     assert 'losses of the two loops: largest difference 0.00e+00 over 4 steps' in table
     # the machine it ran on, so a number is matched to the kind of CPU that gave it
     assert result['machine'] == machine_facts() and format_machine_facts(result['machine']) in table
+    # the warnings are the ones its own figures call for, and the table prints them
+    assert result['warnings'] == trust_warnings(result)
+    assert [line for line in table.splitlines() if line.startswith('warning: ')] == \
+        [f'warning: {warning}' for warning in result['warnings']]
     # FLOPs counted in the first warm-up step of each loop, per real token: the same in both, and
     # at least a forward and an input-gradient pass (4 FLOPs per weight) through every LLM layer
     # (the projector trains, below the LLM), at most 12 per weight of the LLM, CLIP and projector
@@ -95,6 +101,41 @@ def test_bench_packed_runner_only(tiny_zoo, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert 'reference' not in result and 'overhead' not in result
     assert result['framework']['samples_per_step'] > 8  # packs of several samples, 8 rows a step
+
+
+def _result(sec_per_step, paired_ratios, load_before, load_after, threads=1, cpus=2):
+    """A bench result with the figures ``trust_warnings`` reads."""
+    return {'framework': {'sec_per_step': sec_per_step}, 'torch_threads': threads, 'cpu_count': cpus,
+            'load_average_1min': {'before': load_before, 'after': load_after},
+            'overhead': {'paired_ratios': paired_ratios, 'paired_ratio_spread': spread(paired_ratios)}}
+
+
+def test_ratio_spread_and_when_not_to_trust_it():
+    # the tiny pretrain run of docs/benchmarks.md: 0.039 s steps, paired ratios 1.015, 0.995, 0.962
+    tiny = _result(0.0389, [1.015, 0.995, 0.962], load_before=0.6, load_after=1.4)
+    assert tiny['overhead']['paired_ratio_spread'] == {'min': 0.962, 'median': 0.995, 'max': 1.015}
+    assert trust_warnings(tiny) == [
+        'steps take 0.039 s, under 0.2 s: timer and scheduling noise move the ratio by percents; '
+        'bench a bigger model or batch for the overhead',
+        'paired ratios spread from 0.962 to 1.015, wider than 0.05: the overhead is not resolved; '
+        'use longer steps, more --repeats or a quieter machine']
+    # the 50M LLaVA: 4.155 s steps, one thread on two cores, idle machine -- nothing to warn about
+    assert trust_warnings(_result(4.155, [1.035, 1.03], load_before=0.5, load_after=1.3)) == []
+    # other load: 1.6 before the bench leaves one core for one torch thread... only 0.4 of it
+    loaded = _result(4.155, [1.035, 1.03], load_before=1.6, load_after=2.1)
+    assert trust_warnings(loaded) == [
+        'machine loaded: 1-min load 1.6 before, 2.1 after, about 1.6 of it from other processes, beside 1 torch '
+        'threads on 2 CPUs: the loops wait for cores and their times mean little']
+    # load that came during the run: 3.2 after, less the bench's own thread, is 2.2 of others
+    assert 'about 2.2 of it from other processes' in trust_warnings(
+        _result(4.155, [1.035], load_before=0.2, load_after=3.2))[0]
+    # two threads on two cores tolerate half a core of background load, not more
+    assert trust_warnings(_result(0.3, [1.0], load_before=0.5, load_after=2.4, threads=2)) == []
+    assert len(trust_warnings(_result(0.3, [1.0], load_before=0.7, load_after=2.4, threads=2))) == 1
+    # runner only (--no-reference): no ratio, only the step and load checks
+    runner_only = _result(0.1, [1.0], load_before=0.1, load_after=0.5)
+    del runner_only['overhead']
+    assert len(trust_warnings(runner_only)) == 1
 
 
 def test_bench_rejects_bad_steps(capsys):

@@ -53,6 +53,17 @@ def peak_memory_mb() -> dict[str, float]:
     return peak
 
 
+def current_rss_mb() -> float | None:
+    """Resident memory now (Linux ``VmRSS``), None where ``/proc`` cannot tell."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name part.
 _PEAK_TFLOPS = (('H200', 989.4), ('H100 PCIe', 756.0), ('H100', 989.4), ('A100', 312.0), ('L40S', 362.0),
                 ('A10G', 125.0), ('L4', 121.0), ('4090', 165.2), ('V100', 125.0))

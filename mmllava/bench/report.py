@@ -31,6 +31,47 @@ FIELDS = [
 ]
 
 
+# A step shorter than this is within the reach of timer, scheduler and allocator noise: a few
+# milliseconds of either loop move the ratio by percents (a 0.04 s tiny step gave paired ratios
+# from 0.96 to 1.03 on an idle machine).
+SHORT_STEP_SEC = 0.2
+# Background load the bench tolerates on top of its own torch threads: half a core.
+SPARE_LOAD = 0.5
+# Paired ratios spread wider than this cannot tell a 1.05 overhead from none.
+RATIO_SPREAD = 0.05
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """``min`` / ``median`` / ``max`` of ``values``."""
+    return {'min': min(values), 'median': statistics.median(values), 'max': max(values)}
+
+
+def trust_warnings(result: dict) -> list[str]:
+    """Why the framework / bare ratio of ``result`` may not mean anything (empty when it can be trusted):
+    steps shorter than ``SHORT_STEP_SEC``; other processes' load (the 1-minute load average before
+    the bench, or after it less the bench's own torch threads) leaving the bench's torch threads
+    fewer free cores than it has threads (``SPARE_LOAD`` tolerated); paired ratios that spread wider
+    than ``RATIO_SPREAD``."""
+    warnings = []
+    step = result['framework']['sec_per_step']
+    if step < SHORT_STEP_SEC:
+        warnings.append(f'steps take {step:.3f} s, under {SHORT_STEP_SEC} s: timer and scheduling noise move '
+                        'the ratio by percents; bench a bigger model or batch for the overhead')
+    load, threads, cpus = result['load_average_1min'], result['torch_threads'], result['cpu_count']
+    others = max(load['before'], load['after'] - threads)
+    if others + threads > cpus + SPARE_LOAD:
+        warnings.append(f'machine loaded: 1-min load {load["before"]:.1f} before, {load["after"]:.1f} after, '
+                        f'about {others:.1f} of it from other processes, beside {threads} torch threads on '
+                        f'{cpus} CPUs: the loops wait for cores and their times mean little')
+    if 'overhead' in result:
+        ratios = result['overhead']['paired_ratio_spread']
+        if ratios['max'] - ratios['min'] > RATIO_SPREAD:
+            warnings.append(f'paired ratios spread from {ratios["min"]:.3f} to {ratios["max"]:.3f}, wider than '
+                            f'{RATIO_SPREAD}: the overhead is not resolved; use longer steps, more --repeats '
+                            'or a quieter machine')
+    return warnings
+
+
 def _median_fields(runs: list[dict]) -> dict:
     """Per measure, the median over repeats (``losses`` are the same in every repeat: the first's)."""
     return {key: runs[0][key] if key == 'losses' else statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -42,8 +83,9 @@ def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = 
 
     ``overhead`` holds framework / bare-loop ratios of the median, the fastest and the CPU seconds
     per step, and the median of the per-repeat ratios (each pair ran back to back, so slow phases
-    of a shared machine cancel in part). ``deepspeed`` (a ``--deepspeed`` value) runs both loops
-    through a DeepSpeed engine.
+    of a shared machine cancel in part) with their ``paired_ratio_spread`` (min / median / max);
+    ``warnings`` says why the ratio may not be trusted (``trust_warnings``). ``deepspeed`` (a
+    ``--deepspeed`` value) runs both loops through a DeepSpeed engine.
     """
     runs = {'framework': [], 'reference': []}
     load_before = os.getloadavg()
@@ -68,9 +110,11 @@ def benchmark(cfg, steps: int, warmup: int, repeats: int = 1, reference: bool = 
         result['overhead'] = {
             f'{key}_ratio': result['framework'][key] / result['reference'][key]
             for key in ('sec_per_step', 'sec_per_step_min', 'cpu_sec_per_step')}
-        result['overhead'].update(paired_ratio_median=statistics.median(pairs), paired_ratios=pairs)
+        result['overhead'].update(paired_ratio_median=statistics.median(pairs), paired_ratios=pairs,
+                                  paired_ratio_spread=spread(pairs))
         result['loss_max_abs_diff'] = max(abs(f - r) for f, r in zip(result['framework']['losses'],
                                                                       result['reference']['losses']))
+    result['warnings'] = trust_warnings(result)
     return result
 
 
@@ -86,10 +130,12 @@ def format_table(result: dict) -> str:
              for row in rows]
     if 'overhead' in result:
         overhead = result['overhead']
-        lines.append(f'framework / bare loop: median s/step {overhead["sec_per_step_ratio"]:.3f}, '
+        ratios = overhead['paired_ratio_spread']
+        lines.append(f'framework / bare loop, paired repeats: min {ratios["min"]:.3f} / median {ratios["median"]:.3f} '
+                     f'/ max {ratios["max"]:.3f} over {len(overhead["paired_ratios"])}; '
+                     f'medians of the repeats: s/step {overhead["sec_per_step_ratio"]:.3f}, '
                      f'fastest s/step {overhead["sec_per_step_min_ratio"]:.3f}, '
-                     f'CPU s/step {overhead["cpu_sec_per_step_ratio"]:.3f} '
-                     f'(median of paired repeats {overhead["paired_ratio_median"]:.3f})')
+                     f'CPU s/step {overhead["cpu_sec_per_step_ratio"]:.3f}')
         lines.append(f'losses of the two loops: largest difference {result["loss_max_abs_diff"]:.2e} '
                      f'over {len(result["framework"]["losses"])} steps')
     load = result['load_average_1min']
@@ -99,4 +145,5 @@ def format_table(result: dict) -> str:
                  f'1-min load {load["before"]:.1f} -> {load["after"]:.1f}')
     if 'machine' in result:
         lines.append(format_machine_facts(result['machine']))
+    lines += [f'warning: {warning}' for warning in result.get('warnings', ())]
     return '\n'.join(lines)

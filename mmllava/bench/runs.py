@@ -115,41 +115,54 @@ def _to_device(data: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
 
 
+class BareLoop:
+    """The bare loop's parts, built from a config: ``model``, endless ``batches`` and ``train_step(batch)``
+    (forward, backward, clipping, optimizer and schedulers' step; returns the loss)."""
+
+    def __init__(self, cfg, steps: int, warmup: int, deepspeed: str | None = None):
+        from mmengine.runner import Runner
+
+        from mmllava.engine import compat
+
+        compat.apply()  # the runner's dataloader fixes, so both loops get their batches the same way
+        # Prepared as for the runner (e.g. the CPU optimizer wrapper); nothing is written to a work dir.
+        cfg = runner_config(cfg, steps, warmup, work_dir=tempfile.gettempdir(), deepspeed=deepspeed)
+        seed = (cfg.get('randomness') or {}).get('seed', 0)
+        torch.manual_seed(seed)
+        self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        self.model = build(copy.deepcopy(cfg.model)).to(self.device).train()
+        loader = Runner.build_dataloader(copy.deepcopy(cfg.train_dataloader), seed=seed)
+        wrapper = cfg.optim_wrapper
+        optimizer = build({**copy.deepcopy(wrapper.optimizer),
+                           'params': [p for p in self.model.parameters() if p.requires_grad]})
+        if deepspeed:
+            self._step = _deepspeed_step(self.model, optimizer, cfg.strategy['config'])
+        else:
+            self._step = _plain_step(self.model, optimizer, wrapper)
+        self.schedulers = _schedulers(cfg.get('param_scheduler'), optimizer, len(loader))
+        self.batches = _batches(loader)
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        loss = self._step(_to_device(batch['data'], self.device))
+        for scheduler in self.schedulers:
+            scheduler.step()
+        return loss
+
+
 def run_reference(cfg, steps: int, warmup: int, deepspeed: str | None = None) -> dict:
     """The bare loop on ``cfg``: build the model, the dataloader, the optimizer and the lr schedule
     from the config, then per batch ``loss.backward(); clip; opt.step()`` (or DeepSpeed's
     ``engine.backward(loss); engine.step()``) and the schedulers' step."""
-    from mmengine.runner import Runner
-
-    from mmllava.engine import compat
-
-    compat.apply()  # the runner's dataloader fixes, so both loops get their batches the same way
-    # Prepared as for the runner (e.g. the CPU optimizer wrapper); nothing is written to a work dir.
-    cfg = runner_config(cfg, steps, warmup, work_dir=tempfile.gettempdir(), deepspeed=deepspeed)
-    seed = (cfg.get('randomness') or {}).get('seed', 0)
-    torch.manual_seed(seed)
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    model = build(copy.deepcopy(cfg.model)).to(device).train()
-    loader = Runner.build_dataloader(copy.deepcopy(cfg.train_dataloader), seed=seed)
-    wrapper = cfg.optim_wrapper
-    optimizer = build({**copy.deepcopy(wrapper.optimizer), 'params': [p for p in model.parameters() if p.requires_grad]})
-    if deepspeed:
-        step = _deepspeed_step(model, optimizer, cfg.strategy['config'])
-    else:
-        step = _plain_step(model, optimizer, wrapper)
-    schedulers = _schedulers(cfg.get('param_scheduler'), optimizer, len(loader))
+    loop = BareLoop(cfg, steps, warmup, deepspeed)
     recorder = StepRecorder(warmup)
-    batches = _batches(loader)
     reset_peak_memory()
     recorder.start()
     for index in range(warmup + steps):
-        batch = next(batches)
+        batch = next(loop.batches)
         recorder.batch_ready(batch)
         # the first warm-up step is counted as in the runner (the counter's kernels round alike)
         with _counting(recorder, batch) if index == 0 and warmup else nullcontext():
-            loss = step(_to_device(batch['data'], device))
-        for scheduler in schedulers:
-            scheduler.step()
+            loss = loop.train_step(batch)
         recorder.step_done(loss)
     return recorder.summary()
 

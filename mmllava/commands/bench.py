@@ -11,7 +11,8 @@ def add_arguments(parser):
     parser.add_argument('--steps', type=int, default=20, help='steady-state steps to time (default: 20)')
     parser.add_argument('--warmup', type=int, default=3, help='steps run first and not timed (default: 3)')
     parser.add_argument('--repeats', type=int, default=1,
-                        help='alternate runner and bare loop this many times; medians are reported (default: 1)')
+                        help='alternate runner and bare loop this many times; medians and the spread of the paired '
+                             'ratios are reported (default: 1)')
     parser.add_argument('--json', metavar='OUT', help='also write the full result as JSON to OUT')
     parser.add_argument('--no-reference', action='store_true', help='time the runner only, not the bare loop')
     parser.add_argument('--deepspeed', metavar='ZERO',

@@ -80,8 +80,23 @@ class LLaVAModel(MultimodalModel):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels [N, 3, H, W] -> projected features [N, patches, llm_hidden] (CLS dropped)."""
         vision_dtype = next(self.visual_encoder.parameters()).dtype
-        out = self.visual_encoder(pixel_values.to(vision_dtype), output_hidden_states=True)
-        features = out.hidden_states[self.visual_select_layer][:, 1:]
+        pixel_values = pixel_values.to(vision_dtype)
+        clip = (self.visual_encoder.get_base_model() if hasattr(self.visual_encoder, 'get_base_model')
+                else self.visual_encoder)
+        tower = getattr(clip, 'vision_model', clip)  # transformers 4 nests the tower, 5 does not
+        layers = tower.encoder.layers
+        index = range(len(layers) + 1)[self.visual_select_layer]  # hidden state `index` is after `index` layers
+        if (index < len(layers) and hasattr(tower, 'pre_layrnorm')  # CLIP's layout, called part by part
+                and not (self.training and _draws_random_numbers(layers[index:]))):
+            # The layers after the selected one cannot change the features (the default -2 skips
+            # the last): leave them out. Exact, since they draw no dropout masks either.
+            hidden = tower.pre_layrnorm(tower.embeddings(pixel_values))
+            for layer in layers[:index]:
+                hidden = layer(hidden, None)
+            features = hidden[:, 1:]
+        else:
+            out = self.visual_encoder(pixel_values, output_hidden_states=True)
+            features = out.hidden_states[index][:, 1:]
         return self.projector(features.to(self.projector[0].weight.dtype))
 
     def _unused_branch_zero(self) -> torch.Tensor:
@@ -93,3 +108,10 @@ class LLaVAModel(MultimodalModel):
             dummy = weight.new_zeros(1, 3, size, size)
             zero = zero + self.encode_images(dummy).sum() * 0.0
         return zero
+
+
+def _draws_random_numbers(layers: nn.ModuleList) -> bool:
+    """Whether a training forward of ``layers`` draws from the RNG (dropout with p > 0, LoRA's
+    included): leaving such layers out would change every later random draw."""
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in layers.modules()) or any(
+        getattr(getattr(layer, 'self_attn', None), 'dropout', 0) > 0 for layer in layers)
