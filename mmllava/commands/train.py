@@ -75,6 +75,7 @@ def _remove_empty_run(work_dir: str, top, before) -> None:
 
 
 def run(args):
+    import os
     import os.path as osp
     import subprocess
 
@@ -101,7 +102,8 @@ def run(args):
             cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=args.deepspeed, launcher=args.launcher,
                                  resume=resume, seed=args.seed)
             from mmllava.plan.planner import peak_line  # the plan's predicted peak, one header line
-            print(peak_line(cfg, args.deepspeed), flush=True)
+            if os.environ.get('RANK', '0') == '0':  # once per run, not once per torchrun process
+                print(peak_line(cfg, args.deepspeed), flush=True)
             build_runner(cfg, verbose=args.verbose).train()
     except BaseException:
         _remove_empty_run(work_dir, *created)
