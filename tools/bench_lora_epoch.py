@@ -26,8 +26,29 @@ ITER_LINE = re.compile(r'Iter\(train\)\s+\[\s*(\d+)/\s*\d+\].*?\bloss: ([0-9.]+)
 ITER_LINE_TIME_FIRST = re.compile(r'Iter\(train\)\s+\[\s*(\d+)/\s*\d+\].*?\btime: ([0-9.]+).*?\bloss: ([0-9.]+)')
 
 
-def _options(zoo: Path, data: Path, qlora: bool) -> list[str]:
-    options = [f'llm_name_or_path={zoo / "llama3_instruct"}', f'visual_encoder_name_or_path={zoo / "clip_vit"}',
+def clip_112(zoo: Path, out: Path) -> Path:
+    """The comparison's vision tower: the zoo's tiny CLIP at 112 px with 14 px patches (64 image
+    positions, as the zoo's 64 px / 8 px one), random weights from seed 0, saved by transformers."""
+    import json
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = out / 'clip_vit_112'
+    if (folder / 'config.json').exists():
+        return folder
+    config = json.loads((zoo / 'clip_vit' / 'config.json').read_text())
+    config['vision_config'].update(image_size=112, patch_size=14)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig.from_dict(config)).save_pretrained(folder)
+    processor = CLIPImageProcessor.from_pretrained(zoo / 'clip_vit')
+    processor.size, processor.crop_size = {'shortest_edge': 112}, {'height': 112, 'width': 112}
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _options(zoo: Path, clip: Path, data: Path, qlora: bool) -> list[str]:
+    options = [f'llm_name_or_path={zoo / "llama3_instruct"}', f'visual_encoder_name_or_path={clip}',
                f'data_root={data}/', 'pretrained_pth=None', 'batch_size=4', 'dataloader_num_workers=0',
                'max_epochs=1', 'warmup_ratio=0.1', 'evaluation_freq=None', 'save_steps=100000',
                'default_hooks.logger.interval=1', 'model.visual_encoder_lora=None',
@@ -77,6 +98,8 @@ def main() -> None:
     parser.add_argument('--zoo', required=True, type=Path, help='tiny model zoo folder (tools/make_tiny_zoo.py)')
     parser.add_argument('--out', required=True, type=Path, help='folder for the data and the work dirs')
     parser.add_argument('--qlora', action='store_true', help='keep the NF4 LLM (QLoRA) instead of fp32 LoRA')
+    parser.add_argument('--clip-112', action='store_true',
+                        help="the comparison's 112 px CLIP (14 px patches) instead of the zoo's 64 px one")
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE')
     args = parser.parse_args()
 
@@ -85,7 +108,9 @@ def main() -> None:
     data = args.out / 'data'
     if not (data / 'finetune.json').exists():  # 148 images + 12 text-only samples = 160 samples
         build_synthetic_data(data, seed=0, num_train=148, num_eval=24, kinds=('color',))
-    options = _options(args.zoo.resolve(), data.resolve(), args.qlora) + args.cfg_options
+    zoo = args.zoo.resolve()
+    clip = clip_112(zoo, args.out.resolve()) if args.clip_112 else zoo / 'clip_vit'
+    options = _options(zoo, clip, data.resolve(), args.qlora) + args.cfg_options
     runs = []
     for index in range(args.runs):
         run = one_run(args.out / f'run_{int(time.time())}_{index}', options)
