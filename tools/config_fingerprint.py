@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 LOSS = re.compile(r'Iter\(train\)\s+\[\s*(\d+)/\s*\d+\].*?\bloss: ([0-9.]+)')
-PARAMS = re.compile(r'trainable[^\n]*?([\d,.]+[KMG]?)\s*/\s*([\d,.]+[KMG]?)', re.IGNORECASE)
+PARAMS = re.compile(r'[\d.]+[kMG]? trainable / [\d.]+[kMG]? parameters')
+ANSWER = re.compile(r"^\[[^\]]*\] '.*' -> '.*'$", re.MULTILINE)
 
 
 def tiny_configs() -> list[str]:
@@ -29,16 +30,21 @@ def tiny_configs() -> list[str]:
     return sorted(names, key=lambda name: (not name.endswith('_pretrain'), name))
 
 
-def fingerprint(name: str, work: Path) -> dict:
+def train(name: str, work: Path) -> None:
+    """One epoch of ``name`` in ``work``, every iteration logged."""
     out = subprocess.run([sys.executable, '-m', 'mmllava', 'train', name, '--cfg-options', 'max_epochs=1',
                           'default_hooks.logger.interval=1'],
                          cwd=work, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f'{name}: train failed ({out.returncode}):\n{out.stderr[-3000:]}')
+
+
+def fingerprint(name: str, work: Path) -> dict:
+    """The losses, parameter counts and chat answers in the log of ``name``'s run in ``work``."""
     log = '\n'.join(p.read_text() for p in sorted((work / 'work_dirs' / name).glob('*/*.log')))
     losses = [(int(m[1]), float(m[2])) for m in LOSS.finditer(log)]
-    answers = [line.strip() for line in log.splitlines() if line.strip().startswith(('ASSISTANT', 'answer', '>'))]
-    params = PARAMS.search(out.stdout)
+    answers = [m[0].split('] ', 1)[1] for m in ANSWER.finditer(log)]  # without the image's (cache) path
+    params = PARAMS.search(log)
     return {'losses': losses, 'parameters': params.group(0) if params else None, 'answers': answers}
 
 
@@ -46,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', required=True, type=Path)
     parser.add_argument('--work', type=Path, help='scratch folder (default: a temporary one)')
+    parser.add_argument('--logs-only', action='store_true', help='read the runs already in --work, train nothing')
     parser.add_argument('--only', nargs='*', help='these configs only (their pretrains must be in --work)')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix='mmllava_fingerprint_') as tmp:
@@ -53,6 +60,8 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         result = {}
         for name in args.only or tiny_configs():
+            if not args.logs_only:
+                train(name, work)
             result[name] = fingerprint(name, work)
             print(f'{name}: {len(result[name]["losses"])} losses, last {result[name]["losses"][-1:]}', flush=True)
         args.out.write_text(json.dumps(result, indent=1) + '\n')
