@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, PathNotFoundError
 
 SAVE_FORMATS = ('xtuner', 'huggingface', 'official')
 _DEEPSPEED_INNER_FILE = re.compile(r'.*mp_rank_\d+_(model|optim)_states\.pt')
@@ -29,7 +29,7 @@ def check_checkpoint_path(path: str | os.PathLike) -> Path:
         raise MMLLaVAError(f'{path} is one file of a DeepSpeed checkpoint; pass the checkpoint folder that '
                            f'holds it instead: {folder}')
     if not path.exists():
-        raise MMLLaVAError(f'checkpoint not found: {path}')
+        raise PathNotFoundError(f'checkpoint not found: {path}', setting='checkpoint', value=path)
     return path
 
 
@@ -57,10 +57,7 @@ def load_trained_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
     print(f'Building the model of {Path(cfg.filename).name}', flush=True)
     model = build(cfg.model)
     print(f'Loading {checkpoint}', flush=True)
-    try:
-        model.load_pretrained(str(checkpoint))
-    except MMLLaVAError as e:  # the loader names the file "pretrained_pth"; here it is the checkpoint
-        raise MMLLaVAError(str(e).replace('pretrained_pth: ', 'checkpoint: ', 1)) from None
+    model.load_pretrained(str(checkpoint), setting='checkpoint')  # errors name the file as `checkpoint`
     model.eval()
     return model, cfg
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, PathNotFoundError
 
 # PIL's own default limit (about 89.5 megapixels), raised as an error instead of a warning.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -85,7 +85,7 @@ def _reading(path):
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             yield
     except FileNotFoundError:
-        raise MMLLaVAError(f'image file not found: {path}') from None
+        raise PathNotFoundError(f'image file not found: {path}', value=path) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise MMLLaVAError(f'{path}: cannot read image: {e}') from None
 

@@ -21,6 +21,7 @@ from mmllava.config import build
 from mmllava.constants import IMAGE_TOKEN_INDEX
 from mmllava.data.collate import llava_collate
 from mmllava.data.llava_dataset import LLaVADataset
+from mmllava.data.worker import failed_sample
 from mmllava.errors import MMLLaVAError
 from mmllava.templates import PromptTemplate
 
@@ -99,6 +100,9 @@ def internvl_collate(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
     ``num_tiles`` holds each image's tile count (``LongTensor[num_images]``), so per-image features
     can be told apart; both are None for a text-only batch.
     """
+    failed = failed_sample(instances)
+    if failed is not None:  # a bad sample in a dataloader worker: the batch is its error (data/worker.py)
+        return failed
     batch = llava_collate([{**item, 'pixel_values': None} for item in instances], pad_token_id)
     images = [item['pixel_values'] for item in instances if item.get('pixel_values') is not None]
     batch['data']['pixel_values'] = torch.cat(images) if images else None

@@ -20,7 +20,8 @@ from mmllava.config import build
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.data.encode import encode_conversation
 from mmllava.data.image import check_image, expand2square, load_image, resolve_image_path
-from mmllava.errors import MMLLaVAError
+from mmllava.data.worker import raised_or_sent
+from mmllava.errors import MMLLaVAError, PathNotFoundError
 from mmllava.templates import PromptTemplate, get_template
 
 
@@ -34,7 +35,7 @@ def read_samples(data_path: str | os.PathLike) -> list[Any]:
     try:
         text = path.read_text(encoding='utf-8-sig')  # tolerate a byte-order mark
     except FileNotFoundError:
-        raise MMLLaVAError(f'data file not found: {path}') from None
+        raise PathNotFoundError(f'data file not found: {path}', setting='data_path', value=data_path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise MMLLaVAError(f'{path}: cannot read data file: {e}') from None
     if path.suffix != '.jsonl' and text.lstrip().startswith('['):
@@ -95,7 +96,8 @@ class LLaVADataset(torch.utils.data.Dataset):
                  image_processor, template: str | PromptTemplate, max_length: int,
                  pad_image_to_square: bool = False, system: str | None = None, skip_bad_samples: bool = False):
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise MMLLaVAError(f'max_length: expected a positive integer, got {max_length!r}')
+            raise MMLLaVAError(f'max_length: expected a positive integer, got {max_length!r}',
+                               setting='max_length', value=max_length)
         self.data_path = Path(data_path)
         self.image_folder = None if image_folder is None else Path(image_folder)
         self.tokenizer = build(tokenizer)
@@ -107,7 +109,7 @@ class LLaVADataset(torch.utils.data.Dataset):
         self.skip_bad_samples = skip_bad_samples
         self.skipped: list[tuple[int, str]] = []
         self.samples: list[dict] = []
-        for index, raw in enumerate(read_samples(self.data_path)):
+        for index, raw in enumerate(read_samples(data_path)):
             try:
                 self.samples.append({**self.prepare_sample(raw), 'index': index})
             except MMLLaVAError as e:
@@ -180,7 +182,8 @@ class LLaVADataset(torch.utils.data.Dataset):
             try:
                 image = load_image(sample['image'], self.image_folder)
             except MMLLaVAError as e:  # damage past the header shows only now
-                raise MMLLaVAError(f'{self.data_path}:{sample["index"]}: {e}') from None
+                # in a dataloader worker: returned as the batch, raised in the main process
+                return raised_or_sent(MMLLaVAError(f'{self.data_path}:{sample["index"]}: {e}'))
             if self.pad_image_to_square:
                 image = expand2square(image, self.image_processor.background_rgb)
             pixel_values = self.image_processor(image)

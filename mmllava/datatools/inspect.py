@@ -36,8 +36,8 @@ def problem_kind(reason: str) -> str:
 def build_training_dataset(cfg, **overrides):
     """The config's ``train_dataloader.dataset`` (an ``LLaVADataset`` or ``InternVLDataset``) built with ``overrides``.
 
-    Only the tokenizer and the image processor are loaded, never model weights. Wrong arguments
-    become one-line errors naming the config.
+    Only the tokenizer and the image processor are loaded, never model weights. The commands call
+    it inside ``mmllava.config.reported_config_errors``, which refuses wrong arguments beforehand.
     """
     from mmllava.config import build
     from mmllava.data.llava_dataset import LLaVADataset
@@ -48,10 +48,7 @@ def build_training_dataset(cfg, **overrides):
     if not (isinstance(dataset_type, type) and issubclass(dataset_type, LLaVADataset)):  # InternVLDataset is one
         raise MMLLaVAError(f'{cfg.filename}: train_dataloader.dataset must be dict(type=LLaVADataset, ...) '
                            'for this command')
-    try:
-        return build({**dataset_cfg, **overrides})
-    except TypeError as e:  # an unknown or missing argument of the dataset or its tokenizer/processor
-        raise MMLLaVAError(f'{cfg.filename}: train_dataloader.dataset: {e}') from None
+    return build({**dataset_cfg, **overrides})
 
 
 @dataclass
