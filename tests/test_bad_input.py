@@ -187,15 +187,32 @@ def test_skip_bad_samples_trains_on_the_rest_and_says_what_it_skipped(workspace,
     assert line in log and 'training dataset: 2 samples' in log
 
 
-def test_an_error_in_a_dataloader_worker_keeps_its_one_line_message():
-    class Broken(torch.utils.data.Dataset):
-        def __len__(self):
-            return 2
+@pytest.mark.parametrize('packed', [False, True], ids=['samples', 'packs'])
+def test_a_bad_image_in_a_dataloader_worker_is_its_one_line_error(packed, workspace, monkeypatch):
+    """The worker sends the error as the batch (mmllava/data/worker.py): the main process raises
+    the dataset's own ``MMLLaVAError``, not torch's report of it, and the next batches still come."""
+    from functools import partial
 
-        def __getitem__(self, index):
-            raise MMLLaVAError(f'data.json:{index}: image file not found: a: b.png')
+    from mmllava.config import load_config, parse_cfg_options
+    from mmllava.data.collate import llava_collate
+    from mmllava.data.packing import PackedDataset
+    from mmllava.datatools.inspect import build_training_dataset
 
-    loader = torch.utils.data.DataLoader(Broken(), num_workers=1)
+    monkeypatch.chdir(workspace)
+    (workspace / 'worker.json').write_text(json.dumps([GOOD, _with(image='truncated.png'), GOOD]), encoding='utf-8')
+    cfg = load_config(CONFIG, parse_cfg_options(['pretrained_pth=None', 'data_path=worker.json',
+                                                 'image_folder=images']))
+    dataset = build_training_dataset(cfg)
+    if packed:  # one sample a pack: the bad sample's pack is the second batch
+        dataset = PackedDataset(dataset, max_tokens=dataset.max_length)
+        dataset.packs = [[0], [1], [2]]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=1,
+                                         collate_fn=partial(llava_collate, pad_token_id=0))
+    batches = iter(loader)
+    assert next(batches)['data']['pixel_values'] is not None
     with pytest.raises(MMLLaVAError) as caught:
-        next(iter(loader))
-    assert str(caught.value) == 'data.json:0: image file not found: a: b.png'
+        next(batches)
+    assert type(caught.value) is MMLLaVAError
+    assert str(caught.value) == (f'worker.json:1: {workspace}/images/truncated.png: cannot read image: '
+                                 'image file is truncated')
+    assert next(batches)['data']['pixel_values'] is not None  # the third sample, after the bad one

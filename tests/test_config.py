@@ -121,26 +121,41 @@ def _takes_a_size(size: int):
     return size
 
 
-def test_a_component_called_with_a_wrong_argument_is_one_line_naming_the_config():
-    from types import SimpleNamespace
-
-    from mmengine.runner import Runner
-
+def test_a_component_called_with_a_wrong_argument_is_one_line_naming_the_config(tmp_path):
+    """The arguments are checked against the component's signature before anything is built: the
+    config's own callables, a dotted path, and registry names of the fields mmengine builds."""
     from mmllava.config import reported_config_errors
 
-    cfg = SimpleNamespace(filename='my_config.py', items=dict().items, keys=dict().keys)
+    path = tmp_path / 'my_config.py'
+    path.write_text('from test_config import _takes_a_size\n'
+                    'size = dict(type=_takes_a_size, sise=3)\n'
+                    "train_dataloader = dict(batch_size=1, dataset=[1, 2],\n"
+                    "                        sampler=dict(type='DefaultSampler', shufle=True, seed=None))\n"
+                    "optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='torch.optim.AdamW', lr=1e-3,\n"
+                    "                     beta=(0.9, 0.99)), constructor='DefaultOptimWrapperConstructor')\n")
+    cfg = load_config(path)
     with pytest.raises(MMLLaVAError) as ours:
         with reported_config_errors(cfg):
-            build(dict(type=_takes_a_size, sise=3))
-    assert str(ours.value) == "my_config.py: _takes_a_size() got an unexpected keyword argument 'sise'"
+            raise AssertionError('the body runs after the check')
+    assert str(ours.value) == f"{path}: size: _takes_a_size() got an unexpected keyword argument 'sise'"
     with pytest.raises(MMLLaVAError) as mmengine_built:
-        with reported_config_errors(cfg):
-            Runner.build_dataloader(dict(batch_size=1, dataset=[1, 2], sampler=dict(type='DefaultSampler', shufle=True)))
-    assert str(mmengine_built.value) == ("my_config.py: DefaultSampler.__init__() got an unexpected keyword "
-                                         "argument 'shufle'")
+        with reported_config_errors(load_config(path, parse_cfg_options(['size=None']))):
+            pass
+    assert str(mmengine_built.value) == (f"{path}: train_dataloader.sampler: DefaultSampler.__init__() got an "
+                                         "unexpected keyword argument 'shufle'")
+    with pytest.raises(MMLLaVAError) as dotted:
+        with reported_config_errors(load_config(path, parse_cfg_options(
+                ['size=None', 'train_dataloader=None']))):
+            pass
+    assert str(dotted.value) == (f"{path}: optim_wrapper.optimizer: AdamW.__init__() got an unexpected keyword "
+                                 "argument 'beta'")  # constructor: a key mmengine takes out itself
+    # only the part a command builds is checked
+    with reported_config_errors(cfg, builds='train_dataloader.dataset'):
+        pass
     # raised inside the component: a bug or a value error there, so the traceback stays
     with pytest.raises(TypeError, match='size must be a natural number'):
-        with reported_config_errors(cfg):
+        with reported_config_errors(load_config(path, parse_cfg_options(
+                ['size=None', 'train_dataloader=None', 'optim_wrapper=None']))):
             build(dict(type=_takes_a_size, size=-1))
 
 
