@@ -30,6 +30,18 @@ class PathNotFoundError(MMLLaVAError):
     adds where a relative one was looked for, and which run writes a missing checkpoint)."""
 
 
+class ImageError(MMLLaVAError):
+    """An image file that exists but cannot be used: unreadable, too large, outside the image folder."""
+
+
+class PlaceholderError(MMLLaVAError):
+    """A sample whose ``<image>`` placeholders do not match its images."""
+
+
+class TruncationError(MMLLaVAError):
+    """A sample that ``max_length`` would cut so that it trains on nothing, or on part of a turn pair."""
+
+
 class MissingExtraError(MMLLaVAError):
     """A command needs an optional extra that is not installed. The CLI prints it as
     ``mmllava VERB: needs the EXTRA extra: pip install 'mmllava[EXTRA]'``."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mmllava.errors import MMLLaVAError, PathNotFoundError
+from mmllava.errors import ImageError, MMLLaVAError, PathNotFoundError
 
 # PIL's own default limit (about 89.5 megapixels), raised as an error instead of a warning.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -37,7 +37,7 @@ def resolve_image_path(path: str | os.PathLike, image_folder: str | os.PathLike 
     folder = os.path.normpath(os.path.abspath(image_folder))
     full = os.path.normpath(os.path.join(folder, path))
     if not allow_absolute_paths and os.path.commonpath([folder, full]) != folder:
-        raise MMLLaVAError(f'image path {str(path)!r} leaves the image folder {folder}')
+        raise ImageError(f'image path {str(path)!r} leaves the image folder {folder}')
     return Path(full)
 
 
@@ -73,7 +73,7 @@ def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, v
 
 def _check_pixels(img: Image.Image, path, max_pixels: int) -> None:
     if img.width * img.height > max_pixels:
-        raise MMLLaVAError(f'{path}: image of {img.width}x{img.height} pixels exceeds max_pixels={max_pixels}')
+        raise ImageError(f'{path}: image of {img.width}x{img.height} pixels exceeds max_pixels={max_pixels}')
 
 
 @contextlib.contextmanager
@@ -87,7 +87,7 @@ def _reading(path):
     except FileNotFoundError:
         raise PathNotFoundError(f'image file not found: {path}', value=path) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise MMLLaVAError(f'{path}: cannot read image: {e}') from None
+        raise ImageError(f'{path}: cannot read image: {e}') from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -22,7 +22,7 @@ from mmllava.constants import IMAGE_TOKEN_INDEX
 from mmllava.data.collate import llava_collate
 from mmllava.data.llava_dataset import LLaVADataset
 from mmllava.data.worker import failed_sample
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import ImageError, MMLLaVAError
 from mmllava.templates import PromptTemplate
 
 IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN = '<img>', '</img>', '<IMG_CONTEXT>'
@@ -61,7 +61,7 @@ def oriented_size(path: str | os.PathLike) -> tuple[int, int]:
             width, height = img.size
             orientation = img.getexif().get(0x0112)
     except (OSError, SyntaxError, ValueError) as e:
-        raise MMLLaVAError(f'{path}: cannot read image: {e}') from None
+        raise ImageError(f'{path}: cannot read image: {e}') from None
     return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
 
 

@@ -21,7 +21,7 @@ from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.data.encode import encode_conversation
 from mmllava.data.image import check_image, expand2square, load_image, resolve_image_path
 from mmllava.data.worker import raised_or_sent
-from mmllava.errors import MMLLaVAError, PathNotFoundError
+from mmllava.errors import MMLLaVAError, PathNotFoundError, PlaceholderError
 from mmllava.templates import PromptTemplate, get_template
 
 
@@ -70,11 +70,11 @@ def _refuse_non_list_document(path: Path, text: str) -> None:
                        '(or JSONL: one sample object a line)')
 
 
-def summarize_skipped(skipped: list[tuple[int, str]], limit: int = 3) -> str:
-    """``skipped`` (index, reason) pairs as one line: the most common reasons with their counts."""
+def summarize_skipped(skipped: list[tuple[int, MMLLaVAError]], limit: int = 3) -> str:
+    """``skipped`` (index, error) pairs as one line: the most common reasons with their counts."""
     counts: dict[str, list[int]] = {}
     for index, reason in skipped:
-        counts.setdefault(reason, []).append(index)
+        counts.setdefault(str(reason), []).append(index)
     ranked = sorted(counts.items(), key=lambda item: -len(item[1]))
     parts = [f'{len(indices)} x [{reason}] (first at index {indices[0]})' for reason, indices in ranked[:limit]]
     if len(ranked) > limit:
@@ -107,7 +107,7 @@ class LLaVADataset(torch.utils.data.Dataset):
         self.pad_image_to_square = pad_image_to_square
         self.system = system
         self.skip_bad_samples = skip_bad_samples
-        self.skipped: list[tuple[int, str]] = []
+        self.skipped: list[tuple[int, MMLLaVAError]] = []  # the error, whose type is the problem's kind
         self.samples: list[dict] = []
         for index, raw in enumerate(read_samples(data_path)):
             try:
@@ -115,7 +115,7 @@ class LLaVADataset(torch.utils.data.Dataset):
             except MMLLaVAError as e:
                 if not skip_bad_samples:
                     raise MMLLaVAError(f'{self.data_path}:{index}: {e}') from None
-                self.skipped.append((index, str(e)))
+                self.skipped.append((index, e))
         if not self.samples:
             raise MMLLaVAError(f'{self.data_path}: no usable samples ({len(self.skipped)} skipped): '
                                + summarize_skipped(self.skipped))
@@ -138,7 +138,7 @@ class LLaVADataset(torch.utils.data.Dataset):
         image = raw.get('image')
         if isinstance(image, list):
             if len(image) > 1:
-                raise MMLLaVAError(f'{len(image)} images in one sample; only 0 or 1 are supported')
+                raise PlaceholderError(f'{len(image)} images in one sample; only 0 or 1 are supported')
             image = image[0] if image else None
         if image is not None and not isinstance(image, str):
             raise MMLLaVAError(f'"image" must be a path string, got {type(image).__name__}')
@@ -151,10 +151,10 @@ class LLaVADataset(torch.utils.data.Dataset):
             if placeholders == 0:
                 conversations = _prepend_placeholder(conversations)
             elif placeholders != 1:
-                raise MMLLaVAError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholders for 1 image')
+                raise PlaceholderError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholders for 1 image')
             num_image_tokens = self._num_image_tokens(path)
         elif placeholders:
-            raise MMLLaVAError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholder(s) but the sample has no "image"')
+            raise PlaceholderError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholder(s) but the sample has no "image"')
         encoded = encode_conversation(conversations, self.tokenizer, self.template, num_image_tokens,
                                       max_length or self.max_length, self.system)
         encoded['image'] = image

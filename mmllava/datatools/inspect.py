@@ -13,24 +13,21 @@ import sys
 from dataclasses import dataclass, field
 
 from mmllava.constants import IGNORE_INDEX
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import ImageError, MMLLaVAError, PathNotFoundError, PlaceholderError, TruncationError
 
-# Problem kinds, matched on the reasons the dataset gives (first match wins).
+# Problem kinds, by the type of error the dataset raised for the sample (first match wins).
 PROBLEM_KINDS = (
-    ('missing image', ('image file not found', 'does not exist')),
-    ('unreadable image', ('cannot read image', 'exceeds max_pixels', 'leaves the image folder')),
-    ('placeholder/image mismatch', ('placeholder', 'images in one sample', 'has no "image"')),
-    ('no trained token after truncation', ('no trained tokens after truncation', 'would drop')),
+    (PathNotFoundError, 'missing image'),  # a sample's only path is its image's
+    (ImageError, 'unreadable image'),
+    (PlaceholderError, 'placeholder/image mismatch'),
+    (TruncationError, 'no trained token after truncation'),
 )
 OTHER_KIND = 'invalid sample'
 
 
-def problem_kind(reason: str) -> str:
-    """The ``PROBLEM_KINDS`` name of a dataset error reason (``invalid sample`` otherwise)."""
-    for kind, needles in PROBLEM_KINDS:
-        if any(needle in reason for needle in needles):
-            return kind
-    return OTHER_KIND
+def problem_kind(error: MMLLaVAError) -> str:
+    """The ``PROBLEM_KINDS`` name of the error a sample raised (``invalid sample`` otherwise)."""
+    return next((kind for error_type, kind in PROBLEM_KINDS if isinstance(error, error_type)), OTHER_KIND)
 
 
 def build_training_dataset(cfg, **overrides):
@@ -60,7 +57,7 @@ class DatasetReport:
     samples: int = 0
     with_image: int = 0
     turns: int = 0
-    problems: list[tuple[int, str]] = field(default_factory=list)
+    problems: list[tuple[int, MMLLaVAError]] = field(default_factory=list)  # (index, what it raised)
     truncated: list[tuple[int, int]] = field(default_factory=list)  # (index, untruncated length)
     lengths: list[int] = field(default_factory=list)  # untruncated, of the usable samples
 
@@ -124,7 +121,7 @@ def inspect_dataset(dataset, raw_samples: list, verify_images: bool = True) -> D
             try:
                 check_image(resolve_image_path(sample['image'], dataset.image_folder), verify=True)
             except MMLLaVAError as e:
-                report.problems.append((index, str(e)))
+                report.problems.append((index, e))
                 continue
         length = len(sample['input_ids'])
         _, pairs = parse_conversation(raw_samples[index]['conversations'])
