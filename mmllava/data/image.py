@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mmllava.errors import ImageError, MMLLaVAError, PathNotFoundError
+from mmllava.builders.folders import require_dir
+from mmllava.errors import ImageError, MMLLaVAError, PathNotFoundError, concerning
 
 # PIL's own default limit (about 89.5 megapixels), raised as an error instead of a warning.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -168,19 +169,20 @@ class ImageProcessor:
     def from_pretrained(cls, path: str | os.PathLike) -> 'ImageProcessor':
         """Read ``preprocessor_config.json`` (or ``processor_config.json``'s ``image_processor``)
         and the patch/image size of the vision config in the folder's ``config.json``."""
-        folder = Path(path)
-        settings = _read_processor_settings(folder)
-        keys = ('size', 'crop_size', 'image_mean', 'image_std', 'resample', 'rescale_factor',
-                'do_resize', 'do_center_crop', 'do_rescale', 'do_normalize')
-        kwargs = {k: settings[k] for k in keys if settings.get(k) is not None}
-        vision = _read_vision_config(folder)
-        if 'patch_size' in vision:
-            kwargs['patch_size'] = _pair(vision['patch_size'])[0]
-        processor = cls(**kwargs)
-        if 'image_size' in vision and processor.crop_size != _pair(vision['image_size']):
-            raise MMLLaVAError(f'{folder}: the processor crops to {processor.crop_size} but the vision '
-                               f'tower expects {vision["image_size"]} images')
-        return processor
+        with concerning('image_processor', path):  # what fails inside is about this folder
+            folder = require_dir(path, 'image_processor')
+            settings = _read_processor_settings(folder)
+            keys = ('size', 'crop_size', 'image_mean', 'image_std', 'resample', 'rescale_factor',
+                    'do_resize', 'do_center_crop', 'do_rescale', 'do_normalize')
+            kwargs = {k: settings[k] for k in keys if settings.get(k) is not None}
+            vision = _read_vision_config(folder)
+            if 'patch_size' in vision:
+                kwargs['patch_size'] = _pair(vision['patch_size'])[0]
+            processor = cls(**kwargs)
+            if 'image_size' in vision and processor.crop_size != _pair(vision['image_size']):
+                raise MMLLaVAError(f'{folder}: the processor crops to {processor.crop_size} but the vision '
+                                   f'tower expects {vision["image_size"]} images')
+            return processor
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """Preprocess one RGB PIL image into a float tensor ``[3, H, W]``."""

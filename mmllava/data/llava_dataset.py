@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mmllava.builders.folders import require_dir
 from mmllava.config import build
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.data.encode import encode_conversation
@@ -109,7 +110,10 @@ class LLaVADataset(torch.utils.data.Dataset):
         self.skip_bad_samples = skip_bad_samples
         self.skipped: list[tuple[int, MMLLaVAError]] = []  # the error, whose type is the problem's kind
         self.samples: list[dict] = []
-        for index, raw in enumerate(read_samples(data_path)):
+        raw_samples = read_samples(data_path)
+        if self.image_folder is not None and any(isinstance(raw, dict) and raw.get('image') for raw in raw_samples):
+            require_dir(image_folder, 'image_folder')  # one error for the setting, not one per sample
+        for index, raw in enumerate(raw_samples):
             try:
                 self.samples.append({**self.prepare_sample(raw), 'index': index})
             except MMLLaVAError as e:
