@@ -85,6 +85,13 @@ CASES = [
     Case('missing_data_file', [GOOD], 'error: data file not found: missing.json (looked for {root}/missing.json: '
          'relative paths are taken from the current folder; ' + CHANGE.format(key='data_path') + ')',
          options=['data_path=missing.json']),
+    # a missing path in each kind of setting: named, with where it was looked for and how to change it
+    Case('missing_vision_path', [GOOD], 'error: image_processor: clip does not exist (looked for {root}/clip: '
+         'relative paths are taken from the current folder; ' + CHANGE.format(key='visual_encoder_name_or_path') + ')',
+         options=['visual_encoder_name_or_path=clip']),
+    Case('missing_image_folder', [GOOD], 'error: image_folder: pictures does not exist (looked for {root}/pictures: '
+         'relative paths are taken from the current folder; ' + CHANGE.format(key='image_folder') + ')',
+         options=['image_folder=pictures']),
     Case('bad_config_key', [GOOD], "error: {cfg}: --cfg-options max_lenght: the config has no variable named 'max_lenght'",
          options=['max_lenght=10']),
     Case('bad_config_type', [GOOD], "error: max_length: expected a positive integer, got 'long' ("
@@ -147,6 +154,13 @@ def test_check_dataset_reports(case, workspace, monkeypatch, capfd):
 
 
 TRAIN_CASES = [case for case in CASES if case.train is not None]
+# settings only training reads: evaluation_images (EvaluateChatHook), load_from (the runner)
+TRAIN_ONLY_SETTINGS = [
+    ('evaluation_images=nope.png', 'image file not found: nope.png (looked for {root}/nope.png: relative paths are '
+     'taken from the current folder; ' + CHANGE.format(key='evaluation_images') + ')'),
+    ('load_from=old/iter_1.pth', 'old/iter_1.pth: checkpoint not found (looked for {root}/old/iter_1.pth: relative '
+     'paths are taken from the current folder; ' + CHANGE.format(key='load_from') + ')'),
+]
 
 
 @pytest.mark.parametrize('case', TRAIN_CASES, ids=[case.id for case in TRAIN_CASES])
@@ -160,6 +174,18 @@ def test_train_stops_before_the_first_step(case, workspace, monkeypatch, capfd):
     out, err = capfd.readouterr()
     _assert_reported('train', _expected(case.train or case.check, case, workspace), code, out, err)
     assert not list((workspace / 'work' / case.id).glob('iter_*.pth'))
+
+
+@pytest.mark.parametrize('option, expected', TRAIN_ONLY_SETTINGS, ids=[o.split('=')[0] for o, _ in TRAIN_ONLY_SETTINGS])
+def test_train_names_a_missing_path_in_a_setting_only_training_reads(option, expected, workspace, monkeypatch, capfd):
+    from mmengine.logging import MMLogger
+
+    monkeypatch.chdir(workspace)
+    MMLogger.get_instance(f'test_bad_input_{option}')
+    case = Case(option.split('=')[0], [GOOD], '')
+    code = main(_arguments('train', case, workspace) + ["evaluation_inputs=['hi']", option])
+    out, err = capfd.readouterr()
+    _assert_reported('train', 'error: ' + expected.format(root=workspace), code, out, err)
 
 
 @pytest.mark.parametrize('verb', ['check-dataset', 'train'])

@@ -159,6 +159,41 @@ def test_a_component_called_with_a_wrong_argument_is_one_line_naming_the_config(
             build(dict(type=_takes_a_size, size=-1))
 
 
+def test_the_hint_comes_from_the_error_attributes_never_from_its_text(tmp_path, monkeypatch):
+    import pickle
+
+    from mmllava.config import with_config_hint
+    from mmllava.errors import PathNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / 'c.py'
+    path.write_text("data_path = 'd/x.json'\ncopy_of_it = 'd/y.json'\nsame_as_copy = 'd/y.json'\nmax_length = 0\n")
+    cfg = load_config(path)
+
+    def hinted(error):
+        return str(with_config_hint(cfg, error))
+
+    looked = 'relative paths are taken from the current folder'
+    # the same path written differently is the same value; the setting's own name is not needed
+    assert hinted(PathNotFoundError('data file not found: ./d/x.json', value='./d/x.json')) == (
+        f'data file not found: ./d/x.json (looked for {tmp_path}/d/x.json: {looked}; edit data_path in {path})')
+    # a message that merely contains a config value gets nothing
+    assert hinted(MMLLaVAError('data file not found: d/x.json')) == 'data file not found: d/x.json'
+    # two variables hold the value and the error names neither: no guess between them
+    assert hinted(PathNotFoundError('not found: d/y.json', value='d/y.json')) == (
+        f'not found: d/y.json (looked for {tmp_path}/d/y.json: {looked})')
+    assert hinted(PathNotFoundError('not found: d/y.json', setting='copy_of_it', value='d/y.json')) == (
+        f'not found: d/y.json (looked for {tmp_path}/d/y.json: {looked}; edit copy_of_it in {path})')
+    # a setting whose value came from elsewhere (a dotted --cfg-options) is not the config variable
+    assert hinted(MMLLaVAError('max_length: 5 is too short', setting='max_length', value=5)) == (
+        'max_length: 5 is too short')
+    assert hinted(MMLLaVAError('max_length: 0 is too short', setting='max_length', value=0)) == (
+        f'max_length: 0 is too short (edit max_length in {path})')
+    # the attributes survive pickling, as a dataloader worker's error is sent to the main process
+    error = pickle.loads(pickle.dumps(PathNotFoundError('gone', setting='data_path', value='d/x.json')))
+    assert (type(error), str(error), error.setting, error.value) == (PathNotFoundError, 'gone', 'data_path', 'd/x.json')
+
+
 def test_a_dumped_config_reads_back_with_its_objects_and_dumps_the_same(tmp_path):
     """The work-dir copy ``train`` writes (mmengine's dump: import paths as strings) is a config
     mmllava accepts: types and dtypes are objects again, and it dumps to the same text."""
