@@ -193,6 +193,16 @@ def test_missing_checkpoint_is_a_clear_error(tiny_zoo, tmp_path, capsys):
     assert capsys.readouterr().err == f'mmllava convert: error: checkpoint not found: {tmp_path / "iter_9.pth"}\n'
 
 
+def test_a_missing_model_folder_names_the_config_variable_to_change(tiny_zoo, tmp_path, capsys):
+    torch.save({'state_dict': {}}, tmp_path / 'iter_1.pth')
+    code = main(['convert', 'pth_to_hf', PRETRAIN, str(tmp_path / 'iter_1.pth'), str(tmp_path / 'out'),
+                 '--cfg-options', *cfg_options(tiny_zoo), 'llm_name_or_path=/nonexistent/llm'])
+    assert code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        'mmllava convert: error: llm_name_or_path: /nonexistent/llm does not exist (set --cfg-options '
+        f'llm_name_or_path=..., or edit llm_name_or_path in a copy: mmllava copy-cfg {PRETRAIN} .)')
+
+
 def test_checkpoint_of_another_model_is_a_clear_error(tiny_zoo, tmp_path, capsys):
     torch.save({'state_dict': {'projector.0.weight': torch.zeros(3, 3)}}, tmp_path / 'iter_1.pth')
     assert convert(PRETRAIN, tmp_path / 'iter_1.pth', tmp_path / 'out', tiny_zoo) == 1

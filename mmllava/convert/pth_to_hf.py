@@ -45,7 +45,7 @@ def export_dtype(cfg, fp32: bool) -> torch.dtype:
 
 def load_trained_model(config: str | os.PathLike, checkpoint: str | os.PathLike, cfg_options: dict | None = None):
     """Build the LLaVA or InternVL model of ``config`` and load ``checkpoint`` into it; returns ``(model, cfg)``."""
-    from mmllava.config import build, load_config
+    from mmllava.config import build, load_config, reported_config_errors
     from mmllava.models import InternVLModel, LLaVAModel
 
     checkpoint = check_checkpoint_path(checkpoint)
@@ -54,10 +54,11 @@ def load_trained_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
         raise MMLLaVAError(f'{cfg.filename}: convert pth_to_hf supports LLaVA and InternVL configs '
                            '(model.type=LLaVAModel or InternVLModel)')
     cfg.model.pretrained_pth = None
-    print(f'Building the model of {Path(cfg.filename).name}', flush=True)
-    model = build(cfg.model)
-    print(f'Loading {checkpoint}', flush=True)
-    model.load_pretrained(str(checkpoint), setting='checkpoint')  # errors name the file as `checkpoint`
+    with reported_config_errors(cfg, builds='model'):  # a missing model folder names its config variable
+        print(f'Building the model of {Path(cfg.filename).name}', flush=True)
+        model = build(cfg.model)
+        print(f'Loading {checkpoint}', flush=True)
+        model.load_pretrained(str(checkpoint), setting='checkpoint')  # errors name the file as `checkpoint`
     model.eval()
     return model, cfg
 
