@@ -254,15 +254,20 @@ def restore_objects(node: Any) -> Any:
     return node
 
 
+def _imported(dotted: str) -> Any:
+    """The object at the import path ``dotted`` (``'torch.optim.AdamW'``), or None when it does not import."""
+    module, _, attr = dotted.rpartition('.')
+    with contextlib.suppress(ImportError, AttributeError, ValueError):
+        return getattr(importlib.import_module(module), attr)
+    return None
+
+
 def _resolve_type(obj_type):
     if callable(obj_type):
         return obj_type
-    if isinstance(obj_type, str) and '.' in obj_type:
-        module, _, attr = obj_type.rpartition('.')
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            pass
+    imported = _imported(obj_type) if isinstance(obj_type, str) and '.' in obj_type else None
+    if imported is not None:
+        return imported
     raise MMLLaVAError(f'cannot build {obj_type!r}: `type` must be a callable or a dotted import path')
 
 
@@ -324,10 +329,7 @@ def _component(type_, path: tuple) -> Any:
     if not isinstance(type_, str):
         return None
     if '.' in type_:
-        module, _, attr = type_.rpartition('.')
-        with contextlib.suppress(ImportError, AttributeError, ValueError):
-            return getattr(importlib.import_module(module), attr)
-        return None
+        return _imported(type_)
     registry = next((_RUNNER_REGISTRIES[key] for key in reversed(path) if key in _RUNNER_REGISTRIES), None)
     if registry is None:
         return None
