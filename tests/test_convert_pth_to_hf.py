@@ -272,5 +272,6 @@ def test_xtuner_lora_checkpoint_of_internlm2_loads_with_wqkv_split_exactly(tiny_
     # convert loads the same file as its `checkpoint`: the error says so, and carries the setting and path
     with pytest.raises(MMLLaVAError) as as_checkpoint:
         model.load_pretrained(str(tmp_path / 'rank8.pth'), setting='checkpoint')
-    assert str(as_checkpoint.value).startswith(f'checkpoint: {tmp_path / "rank8.pth"}: 28 trained weights of the wrong shape')
+    assert str(as_checkpoint.value).startswith(f'checkpoint: {tmp_path / "rank8.pth"}: 28 trained weights of the '
+                                               'wrong shape')
     assert (as_checkpoint.value.setting, as_checkpoint.value.value) == ('checkpoint', str(tmp_path / 'rank8.pth'))
