@@ -242,3 +242,15 @@ def test_a_bad_image_in_a_dataloader_worker_is_its_one_line_error(packed, worksp
     assert str(caught.value) == (f'worker.json:1: {workspace}/images/truncated.png: cannot read image: '
                                  'image file is truncated')
     assert next(batches)['data']['pixel_values'] is not None  # the third sample, after the bad one
+
+
+def test_every_collate_passes_a_failed_sample_on_as_the_batch():
+    from mmllava.data.collate import llava_collate
+    from mmllava.data.internvl_dataset import internvl_collate
+    from mmllava.data.worker import FailedSample
+
+    item = {'input_ids': [1, 2], 'labels': [1, 2], 'pixel_values': None}
+    failed = FailedSample(MMLLaVAError('data.json:1: broken'))
+    assert llava_collate([item, failed]) is failed and internvl_collate([failed, item]) is failed
+    with pytest.raises(MMLLaVAError, match='^data.json:1: broken$'):
+        failed.reraise()
