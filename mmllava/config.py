@@ -428,8 +428,10 @@ def _made_by(path: str) -> str | None:
 
 
 def _same_value(a: Any, b: Any) -> bool:
-    """Whether a config variable's value ``a`` is the value ``b`` an error is about: equal paths
-    (``./data/x.json`` is ``data/x.json``), or equal values of one plain type."""
+    """Whether a config variable's value ``a`` is (or, a list, holds) the value ``b`` an error is
+    about: equal paths (``./data/x.json`` is ``data/x.json``), or equal values of one plain type."""
+    if isinstance(a, (list, tuple)) and not isinstance(b, (list, tuple)):
+        return any(_same_value(item, b) for item in a)
     if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
         return os.path.normpath(os.fspath(a)) == os.path.normpath(os.fspath(b))
     return type(a) is type(b) and isinstance(a, (int, float, bool)) and a == b

@@ -158,6 +158,8 @@ TRAIN_CASES = [case for case in CASES if case.train is not None]
 TRAIN_ONLY_SETTINGS = [
     ('evaluation_images=nope.png', 'image file not found: nope.png (looked for {root}/nope.png: relative paths are '
      'taken from the current folder; ' + CHANGE.format(key='evaluation_images') + ')'),
+    ("evaluation_images=['images/good.png','nope.png']", 'image file not found: nope.png (looked for {root}/nope.png: '
+     'relative paths are taken from the current folder; ' + CHANGE.format(key='evaluation_images') + ')'),
     ('load_from=old/iter_1.pth', 'old/iter_1.pth: checkpoint not found (looked for {root}/old/iter_1.pth: relative '
      'paths are taken from the current folder; ' + CHANGE.format(key='load_from') + ')'),
 ]
@@ -176,7 +178,8 @@ def test_train_stops_before_the_first_step(case, workspace, monkeypatch, capfd):
     assert not list((workspace / 'work' / case.id).glob('iter_*.pth'))
 
 
-@pytest.mark.parametrize('option, expected', TRAIN_ONLY_SETTINGS, ids=[o.split('=')[0] for o, _ in TRAIN_ONLY_SETTINGS])
+@pytest.mark.parametrize('option, expected', TRAIN_ONLY_SETTINGS, ids=['evaluation_image', 'evaluation_images_list',
+                                                                      'load_from'])
 def test_train_names_a_missing_path_in_a_setting_only_training_reads(option, expected, workspace, monkeypatch, capfd):
     from mmengine.logging import MMLogger
 
