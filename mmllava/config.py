@@ -309,9 +309,9 @@ _RUNNER_REGISTRIES = {
     'train_cfg': 'LOOPS', 'val_cfg': 'LOOPS', 'test_cfg': 'LOOPS', 'visualizer': 'VISUALIZERS',
     'vis_backends': 'VIS_BACKENDS', 'log_processor': 'LOG_PROCESSORS', 'model_wrapper_cfg': 'MODEL_WRAPPERS',
     'strategy': 'STRATEGIES'}
-# Keys mmengine's builders take out of a component's dict before calling it: optim_wrapper's
-# constructor settings, a scheduler's epoch-to-iteration flag, a hook's priority.
-_RUNNER_KEYS = frozenset({'type', 'constructor', 'paramwise_cfg', 'convert_to_iter_based', 'priority'})
+# Keys mmengine's builders take out of a component's dict before calling it: the registry scope,
+# optim_wrapper's constructor settings, a scheduler's epoch-to-iteration flag, a hook's priority.
+_RUNNER_KEYS = frozenset({'type', '_scope_', 'constructor', 'paramwise_cfg', 'convert_to_iter_based', 'priority'})
 
 
 def _component(type_, path: tuple) -> Any:
