@@ -27,8 +27,7 @@ class FailedSample(ExceptionWrapper):
     def __init__(self, error: MMLLaVAError):
         # not ExceptionWrapper.__init__: it formats the traceback into text, which is what we avoid
         self.error = error
-        self.exc_type = type(error)
-        self.where = 'in a DataLoader worker'
+        self.exc_type, self.exc_msg, self.where = type(error), str(error), 'in a DataLoader worker'
 
     def reraise(self):
         """Raise the worker's error in the process that iterates the dataloader."""
