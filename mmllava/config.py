@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, PathNotFoundError
 
 CONFIG_SUFFIX = '_copy.py'
 
@@ -254,15 +254,20 @@ def restore_objects(node: Any) -> Any:
     return node
 
 
+def _imported(dotted: str) -> Any:
+    """The object at the import path ``dotted`` (``'torch.optim.AdamW'``), or None when it does not import."""
+    module, _, attr = dotted.rpartition('.')
+    with contextlib.suppress(ImportError, AttributeError, ValueError):
+        return getattr(importlib.import_module(module), attr)
+    return None
+
+
 def _resolve_type(obj_type):
     if callable(obj_type):
         return obj_type
-    if isinstance(obj_type, str) and '.' in obj_type:
-        module, _, attr = obj_type.rpartition('.')
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            pass
+    imported = _imported(obj_type) if isinstance(obj_type, str) and '.' in obj_type else None
+    if imported is not None:
+        return imported
     raise MMLLaVAError(f'cannot build {obj_type!r}: `type` must be a callable or a dotted import path')
 
 
@@ -281,32 +286,117 @@ def build(cfg: Any) -> Any:
 
 
 @contextlib.contextmanager
-def reported_config_errors(cfg):
+def reported_config_errors(cfg, builds: str | None = None):
     """Run a command's building and training so that the user's mistakes are one line each:
-    ``MMLLaVAError`` gets ``with_config_hint``, and a component the config calls with arguments it
-    does not take (``TypeError`` raised at the call in a builder, not inside the component)
-    becomes ``CONFIG: <what Python says>``. Any other error keeps its traceback."""
+    a component the config calls with an argument it does not take is refused before anything
+    is built (``check_arguments``; ``builds``: the one part of the config the command builds, e.g.
+    ``train_dataloader.dataset``, so that it does not import the rest), and an ``MMLLaVAError``
+    gets ``with_config_hint``. Any other error keeps its traceback (a ``TypeError`` from inside a
+    component is a bug there, not a config mistake)."""
     try:
+        check_arguments(cfg, builds)
         yield
     except MMLLaVAError as e:
         raise with_config_hint(cfg, e) from None
-    except TypeError as e:
-        if not _raised_by_a_builder(e):
-            raise
-        raise MMLLaVAError(f'{cfg.filename}: {e}') from None
 
 
-def _raised_by_a_builder(error: BaseException) -> bool:
-    """The innermost Python frame of ``error`` is mmengine's ``build_from_cfg`` or our ``build``:
-    the call itself failed (a wrong argument), nothing ran inside the component."""
-    tb = error.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    frame = tb.tb_frame
-    return (frame.f_code.co_name, frame.f_globals.get('__name__')) in {
-        ('build_from_cfg', 'mmengine.registry.build_functions'), ('build', __name__)}
+# Registries of the fields whose components mmengine's Runner builds, to find the class of a
+# `type` given by its registered name ('DefaultSampler'); the nearest such key above a dict decides.
+_RUNNER_REGISTRIES = {
+    'model': 'MODELS', 'dataset': 'DATASETS', 'sampler': 'DATA_SAMPLERS', 'batch_sampler': 'DATA_SAMPLERS',
+    'collate_fn': 'FUNCTIONS', 'optim_wrapper': 'OPTIM_WRAPPERS', 'optimizer': 'OPTIMIZERS',
+    'param_scheduler': 'PARAM_SCHEDULERS', 'default_hooks': 'HOOKS', 'custom_hooks': 'HOOKS',
+    'train_cfg': 'LOOPS', 'val_cfg': 'LOOPS', 'test_cfg': 'LOOPS', 'visualizer': 'VISUALIZERS',
+    'vis_backends': 'VIS_BACKENDS', 'log_processor': 'LOG_PROCESSORS', 'model_wrapper_cfg': 'MODEL_WRAPPERS',
+    'strategy': 'STRATEGIES'}
+# Keys mmengine's builders take out of a component's dict before calling it: the registry scope,
+# optim_wrapper's constructor settings, a scheduler's epoch-to-iteration flag, a hook's priority.
+_RUNNER_KEYS = frozenset({'type', '_scope_', 'constructor', 'paramwise_cfg', 'convert_to_iter_based', 'priority'})
+
+
+def _component(type_, path: tuple) -> Any:
+    """The callable a config dict's ``type`` names, or None when it cannot be known without building
+    (a lazy import that fails, a registry name outside the fields mmengine builds)."""
+    from mmengine.config.lazy import LazyAttr, LazyObject
+
+    if isinstance(type_, (LazyObject, LazyAttr)):
+        try:
+            type_ = type_.build()
+        except Exception:  # an import the config names but this environment lacks: reported when built
+            return None
+    if callable(type_):
+        return type_
+    if not isinstance(type_, str):
+        return None
+    if '.' in type_:
+        return _imported(type_)
+    registry = next((_RUNNER_REGISTRIES[key] for key in reversed(path) if key in _RUNNER_REGISTRIES), None)
+    if registry is None:
+        return None
+    import mmengine.registry
+    import mmengine.runner  # noqa: F401  (registers the classes the Runner builds by name)
+
+    with contextlib.suppress(Exception):  # mmengine raises for names outside its scopes
+        return getattr(mmengine.registry, registry).get(type_)
+    return None
+
+
+def _unexpected_arguments(component, keys: Iterable[str]) -> list[str]:
+    """The keys that ``component``'s signature has no keyword parameter for (none if it takes ``**kwargs``
+    or has no signature Python can read)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(component).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    named = {name for name, p in parameters.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    return [key for key in keys if key not in named]
+
+
+def _call_name(component) -> str:
+    """How Python names the call in its own message: ``Class.__init__`` or ``function``."""
+    if isinstance(component, type):
+        return f'{component.__name__}.__init__'
+    return getattr(component, '__qualname__', None) or repr(component)
+
+
+def check_arguments(cfg, within: str | None = None) -> None:
+    """Refuse a config that calls a component with a keyword it does not take, before anything is
+    built: ``CONFIG: KEY: Name.__init__() got an unexpected keyword argument 'x'``.
+
+    Every dict with a ``type`` in the config (or in its part at the dotted key ``within``) is
+    checked against the signature of what ``type`` names (missing arguments are not: mmengine
+    passes some itself). The check is on the config, not on a ``TypeError`` caught while
+    building, so an error inside a component stays its own.
+    """
+    def walk(node, path):
+        if isinstance(node, dict):
+            items = list(dict.items(node))  # stored values: ConfigDict.items() would import lazies
+            if 'type' in node:
+                component = _component(dict.__getitem__(node, 'type'), path)
+                keys = [key for key, _ in items if key not in _RUNNER_KEYS]
+                unexpected = _unexpected_arguments(component, keys) if component is not None else []
+                if unexpected:
+                    where = '.'.join(str(part) for part in path)
+                    noun = 'an unexpected keyword argument' if len(unexpected) == 1 else 'unexpected keyword arguments'
+                    raise MMLLaVAError(f'{cfg.filename}: {where}: {_call_name(component)}() got {noun} '
+                                       + ', '.join(repr(key) for key in unexpected))
+        elif isinstance(node, (list, tuple)):
+            items = list(enumerate(node))
+        else:
+            return
+        for key, value in items:
+            walk(value, (*path, key))
+
+    node, path = (cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg), ()
+    for key in within.split('.') if within else ():
+        if not isinstance(node, dict) or key not in node:
+            return
+        node, path = dict.__getitem__(node, key), (*path, key)
+    walk(node, path)
 
 
 def is_shipped(config_path: str | os.PathLike) -> bool:
@@ -337,29 +427,46 @@ def _made_by(path: str) -> str | None:
     return None
 
 
-def with_config_hint(cfg, error: MMLLaVAError) -> MMLLaVAError:
-    """``error`` with a hint appended when it is about the value of a top-level config variable:
-    a path that does not exist (``llm_name_or_path``, ``data_path``, ``pretrained_pth``...) or a
-    message that starts with the variable's name (``max_length: ...``).
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether a config variable's value ``a`` is (or, a list, holds) the value ``b`` an error is
+    about: equal paths (``./data/x.json`` is ``data/x.json``), or equal values of one plain type."""
+    if isinstance(a, (list, tuple)) and not isinstance(b, (list, tuple)):
+        return any(_same_value(item, b) for item in a)
+    if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
+        return os.path.normpath(os.fspath(a)) == os.path.normpath(os.fspath(b))
+    return type(a) is type(b) and isinstance(a, (int, float, bool)) and a == b
 
-    The hint names the absolute path tried (relative paths are taken from the current folder),
-    the config run that writes a missing ``pretrained_pth``, and how to change the value
+
+def config_variable(cfg, error: MMLLaVAError) -> str | None:
+    """The top-level variable of ``cfg`` that ``error`` is about: the one its ``setting`` names
+    when that holds its ``value`` (or when the error has no value), else the only variable
+    holding that value. None when no variable, or several, fit (the value came from elsewhere:
+    a dotted ``--cfg-options``, a derived field)."""
+    variables = dict(cfg.items())
+    if error.setting in variables and (error.value is None or _same_value(variables[error.setting], error.value)):
+        return error.setting
+    if error.value is None:
+        return None
+    holding = [key for key, value in variables.items() if _same_value(value, error.value)]
+    return holding[0] if len(holding) == 1 else None
+
+
+def with_config_hint(cfg, error: MMLLaVAError) -> MMLLaVAError:
+    """``error`` with a hint appended, from its ``setting`` / ``value`` attributes (never its text):
+    for a path that does not exist (``PathNotFoundError``) and is relative, the absolute path it was
+    looked for at; for a missing ``pretrained_pth``, the config run that writes it; else, when the
+    error is about a top-level config variable (``config_variable``), how to change it
     (``how_to_change``)."""
-    message = str(error)
-    paths = [key for key, value in cfg.items() if isinstance(value, str) and len(value) > 2
-             and (f'{value} does not exist' in message or f'not found: {value}' in message
-                  or f'{value}: checkpoint not found' in message)]
-    paths.sort(key=lambda key: -len(cfg[key]))  # the most specific path: data_path over data_root
-    named = paths + [key for key in cfg.keys() if message.startswith(f'{key}: ')]
-    if not named:
-        return error
-    key, hints = named[0], []
-    if paths and not os.path.isabs(cfg[key]):
-        hints.append(f'looked for {os.path.abspath(cfg[key])}: relative paths are taken from the current folder')
-    if paths and key == 'pretrained_pth':
-        made_by = _made_by(cfg[key])
+    key, hints = config_variable(cfg, error), []
+    missing = isinstance(error, PathNotFoundError) and isinstance(error.value, (str, os.PathLike))
+    if missing and not os.path.isabs(error.value):
+        hints.append(f'looked for {os.path.abspath(error.value)}: relative paths are taken from the current folder')
+    if missing and key == 'pretrained_pth':
+        made_by = _made_by(os.fspath(error.value))
         run_first = f'it is written by `{made_by}`: run that here first, or ' if made_by else ''
         hints.append(f'{run_first}train without it: --cfg-options pretrained_pth=None')
-    else:
+    elif key is not None:
         hints.append(how_to_change(cfg, key))
-    return MMLLaVAError(f'{message} ({"; ".join(hints)})')
+    if not hints:
+        return error
+    return type(error)(f'{error} ({"; ".join(hints)})', setting=error.setting, value=error.value)

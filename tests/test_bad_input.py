@@ -85,6 +85,13 @@ CASES = [
     Case('missing_data_file', [GOOD], 'error: data file not found: missing.json (looked for {root}/missing.json: '
          'relative paths are taken from the current folder; ' + CHANGE.format(key='data_path') + ')',
          options=['data_path=missing.json']),
+    # a missing path in each kind of setting: named, with where it was looked for and how to change it
+    Case('missing_vision_path', [GOOD], 'error: image_processor: clip does not exist (looked for {root}/clip: '
+         'relative paths are taken from the current folder; ' + CHANGE.format(key='visual_encoder_name_or_path') + ')',
+         options=['visual_encoder_name_or_path=clip']),
+    Case('missing_image_folder', [GOOD], 'error: image_folder: pictures does not exist (looked for {root}/pictures: '
+         'relative paths are taken from the current folder; ' + CHANGE.format(key='image_folder') + ')',
+         options=['image_folder=pictures']),
     Case('bad_config_key', [GOOD], "error: {cfg}: --cfg-options max_lenght: the config has no variable named 'max_lenght'",
          options=['max_lenght=10']),
     Case('bad_config_type', [GOOD], "error: max_length: expected a positive integer, got 'long' ("
@@ -147,6 +154,15 @@ def test_check_dataset_reports(case, workspace, monkeypatch, capfd):
 
 
 TRAIN_CASES = [case for case in CASES if case.train is not None]
+# settings only training reads: evaluation_images (EvaluateChatHook), load_from (the runner)
+TRAIN_ONLY_SETTINGS = [
+    ('evaluation_images=nope.png', 'image file not found: nope.png (looked for {root}/nope.png: relative paths are '
+     'taken from the current folder; ' + CHANGE.format(key='evaluation_images') + ')'),
+    ("evaluation_images=['images/good.png','nope.png']", 'image file not found: nope.png (looked for {root}/nope.png: '
+     'relative paths are taken from the current folder; ' + CHANGE.format(key='evaluation_images') + ')'),
+    ('load_from=old/iter_1.pth', 'old/iter_1.pth: checkpoint not found (looked for {root}/old/iter_1.pth: relative '
+     'paths are taken from the current folder; ' + CHANGE.format(key='load_from') + ')'),
+]
 
 
 @pytest.mark.parametrize('case', TRAIN_CASES, ids=[case.id for case in TRAIN_CASES])
@@ -160,6 +176,19 @@ def test_train_stops_before_the_first_step(case, workspace, monkeypatch, capfd):
     out, err = capfd.readouterr()
     _assert_reported('train', _expected(case.train or case.check, case, workspace), code, out, err)
     assert not list((workspace / 'work' / case.id).glob('iter_*.pth'))
+
+
+@pytest.mark.parametrize('option, expected', TRAIN_ONLY_SETTINGS, ids=['evaluation_image', 'evaluation_images_list',
+                                                                      'load_from'])
+def test_train_names_a_missing_path_in_a_setting_only_training_reads(option, expected, workspace, monkeypatch, capfd):
+    from mmengine.logging import MMLogger
+
+    monkeypatch.chdir(workspace)
+    MMLogger.get_instance(f'test_bad_input_{option}')
+    case = Case(option.split('=')[0], [GOOD], '')
+    code = main(_arguments('train', case, workspace) + ["evaluation_inputs=['hi']", option])
+    out, err = capfd.readouterr()
+    _assert_reported('train', 'error: ' + expected.format(root=workspace), code, out, err)
 
 
 @pytest.mark.parametrize('verb', ['check-dataset', 'train'])
@@ -187,15 +216,44 @@ def test_skip_bad_samples_trains_on_the_rest_and_says_what_it_skipped(workspace,
     assert line in log and 'training dataset: 2 samples' in log
 
 
-def test_an_error_in_a_dataloader_worker_keeps_its_one_line_message():
-    class Broken(torch.utils.data.Dataset):
-        def __len__(self):
-            return 2
+@pytest.mark.parametrize('packed', [False, True], ids=['samples', 'packs'])
+def test_a_bad_image_in_a_dataloader_worker_is_its_one_line_error(packed, workspace, monkeypatch):
+    """The worker sends the error as the batch (mmllava/data/worker.py): the main process raises
+    the dataset's own ``MMLLaVAError``, not torch's report of it, and the next batches still come."""
+    from functools import partial
 
-        def __getitem__(self, index):
-            raise MMLLaVAError(f'data.json:{index}: image file not found: a: b.png')
+    from mmllava.config import load_config, parse_cfg_options
+    from mmllava.data.collate import llava_collate
+    from mmllava.data.packing import PackedDataset
+    from mmllava.datatools.inspect import build_training_dataset
 
-    loader = torch.utils.data.DataLoader(Broken(), num_workers=1)
+    monkeypatch.chdir(workspace)
+    (workspace / 'worker.json').write_text(json.dumps([GOOD, _with(image='truncated.png'), GOOD]), encoding='utf-8')
+    cfg = load_config(CONFIG, parse_cfg_options(['pretrained_pth=None', 'data_path=worker.json',
+                                                 'image_folder=images']))
+    dataset = build_training_dataset(cfg)
+    if packed:  # one sample a pack: the bad sample's pack is the second batch
+        dataset = PackedDataset(dataset, max_tokens=dataset.max_length)
+        dataset.packs = [[0], [1], [2]]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=1,
+                                         collate_fn=partial(llava_collate, pad_token_id=0))
+    batches = iter(loader)
+    assert next(batches)['data']['pixel_values'] is not None
     with pytest.raises(MMLLaVAError) as caught:
-        next(iter(loader))
-    assert str(caught.value) == 'data.json:0: image file not found: a: b.png'
+        next(batches)
+    assert type(caught.value) is MMLLaVAError
+    assert str(caught.value) == (f'worker.json:1: {workspace}/images/truncated.png: cannot read image: '
+                                 'image file is truncated')
+    assert next(batches)['data']['pixel_values'] is not None  # the third sample, after the bad one
+
+
+def test_every_collate_passes_a_failed_sample_on_as_the_batch():
+    from mmllava.data.collate import llava_collate
+    from mmllava.data.internvl_dataset import internvl_collate
+    from mmllava.data.worker import FailedSample
+
+    item = {'input_ids': [1, 2], 'labels': [1, 2], 'pixel_values': None}
+    failed = FailedSample(MMLLaVAError('data.json:1: broken'))
+    assert llava_collate([item, failed]) is failed and internvl_collate([failed, item]) is failed
+    with pytest.raises(MMLLaVAError, match='^data.json:1: broken$'):
+        failed.reraise()

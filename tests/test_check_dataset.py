@@ -58,6 +58,27 @@ def test_check_dataset_counts_every_problem_not_just_the_first(workspace, synthe
     ]
 
 
+def test_check_dataset_counts_problems_by_the_type_of_error_each_sample_raised(workspace, synthetic, capsys):
+    """The kinds come from the error types the dataset raises (mmllava.errors), not from its wording."""
+    import json
+    import shutil
+
+    (workspace / 'images').mkdir()
+    shutil.copy(synthetic / 'images' / 'train_0000.png', workspace / 'images' / 'good.png')
+    (workspace / 'images' / 'corrupt.png').write_bytes(b'not an image')
+    answer = {'from': 'gpt', 'value': 'a'}
+    samples = [{'image': name, 'conversations': [{'from': 'human', 'value': question}, answer]}
+               for name, question in [('good.png', 'q'), ('missing.png', 'q'), ('corrupt.png', 'q'),
+                                      ('good.png', '<image><image>q')]]
+    samples += [{'conversations': [{'from': 'human', 'value': 'word ' * 300}, answer]},
+                {'conversations': [{'from': 'human', 'value': 'q'}, {'from': 'gpt', 'value': ''}]}]
+    (workspace / 'kinds.json').write_text(json.dumps(samples))
+    assert main(['check-dataset', FINETUNE, '--cfg-options', 'data_path=kinds.json', 'image_folder=images']) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[3] == ('problems: 5 (missing image: 1, unreadable image: 1, placeholder/image mismatch: 1, '
+                      'no trained token after truncation: 1, invalid sample: 1)')
+
+
 def test_log_dataset_shows_what_the_model_sees(workspace, synthetic, capsys):
     assert main(['log-dataset', FINETUNE, '--show', 'all']) == 0
     assert capsys.readouterr().out == f'''\

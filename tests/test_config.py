@@ -121,27 +121,77 @@ def _takes_a_size(size: int):
     return size
 
 
-def test_a_component_called_with_a_wrong_argument_is_one_line_naming_the_config():
-    from types import SimpleNamespace
-
-    from mmengine.runner import Runner
-
+def test_a_component_called_with_a_wrong_argument_is_one_line_naming_the_config(tmp_path):
+    """The arguments are checked against the component's signature before anything is built: the
+    config's own callables, a dotted path, and registry names of the fields mmengine builds."""
     from mmllava.config import reported_config_errors
 
-    cfg = SimpleNamespace(filename='my_config.py', items=dict().items, keys=dict().keys)
+    path = tmp_path / 'my_config.py'
+    path.write_text('from test_config import _takes_a_size\n'
+                    'size = dict(type=_takes_a_size, sise=3)\n'
+                    "train_dataloader = dict(batch_size=1, dataset=[1, 2],\n"
+                    "                        sampler=dict(type='DefaultSampler', shufle=True, seed=None))\n"
+                    "optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='torch.optim.AdamW', lr=1e-3,\n"
+                    "                     beta=(0.9, 0.99)), constructor='DefaultOptimWrapperConstructor')\n")
+    cfg = load_config(path)
     with pytest.raises(MMLLaVAError) as ours:
         with reported_config_errors(cfg):
-            build(dict(type=_takes_a_size, sise=3))
-    assert str(ours.value) == "my_config.py: _takes_a_size() got an unexpected keyword argument 'sise'"
+            raise AssertionError('the body runs after the check')
+    assert str(ours.value) == f"{path}: size: _takes_a_size() got an unexpected keyword argument 'sise'"
     with pytest.raises(MMLLaVAError) as mmengine_built:
-        with reported_config_errors(cfg):
-            Runner.build_dataloader(dict(batch_size=1, dataset=[1, 2], sampler=dict(type='DefaultSampler', shufle=True)))
-    assert str(mmengine_built.value) == ("my_config.py: DefaultSampler.__init__() got an unexpected keyword "
-                                         "argument 'shufle'")
+        with reported_config_errors(load_config(path, parse_cfg_options(['size=None']))):
+            pass
+    assert str(mmengine_built.value) == (f"{path}: train_dataloader.sampler: DefaultSampler.__init__() got an "
+                                         "unexpected keyword argument 'shufle'")
+    with pytest.raises(MMLLaVAError) as dotted:
+        with reported_config_errors(load_config(path, parse_cfg_options(
+                ['size=None', 'train_dataloader=None']))):
+            pass
+    assert str(dotted.value) == (f"{path}: optim_wrapper.optimizer: AdamW.__init__() got an unexpected keyword "
+                                 "argument 'beta'")  # constructor: a key mmengine takes out itself
+    # only the part a command builds is checked
+    with reported_config_errors(cfg, builds='train_dataloader.dataset'):
+        pass
     # raised inside the component: a bug or a value error there, so the traceback stays
     with pytest.raises(TypeError, match='size must be a natural number'):
-        with reported_config_errors(cfg):
+        with reported_config_errors(load_config(path, parse_cfg_options(
+                ['size=None', 'train_dataloader=None', 'optim_wrapper=None']))):
             build(dict(type=_takes_a_size, size=-1))
+
+
+def test_the_hint_comes_from_the_error_attributes_never_from_its_text(tmp_path, monkeypatch):
+    import pickle
+
+    from mmllava.config import with_config_hint
+    from mmllava.errors import PathNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / 'c.py'
+    path.write_text("data_path = 'd/x.json'\ncopy_of_it = 'd/y.json'\nsame_as_copy = 'd/y.json'\nmax_length = 0\n")
+    cfg = load_config(path)
+
+    def hinted(error):
+        return str(with_config_hint(cfg, error))
+
+    looked = 'relative paths are taken from the current folder'
+    # the same path written differently is the same value; the setting's own name is not needed
+    assert hinted(PathNotFoundError('data file not found: ./d/x.json', value='./d/x.json')) == (
+        f'data file not found: ./d/x.json (looked for {tmp_path}/d/x.json: {looked}; edit data_path in {path})')
+    # a message that merely contains a config value gets nothing
+    assert hinted(MMLLaVAError('data file not found: d/x.json')) == 'data file not found: d/x.json'
+    # two variables hold the value and the error names neither: no guess between them
+    assert hinted(PathNotFoundError('not found: d/y.json', value='d/y.json')) == (
+        f'not found: d/y.json (looked for {tmp_path}/d/y.json: {looked})')
+    assert hinted(PathNotFoundError('not found: d/y.json', setting='copy_of_it', value='d/y.json')) == (
+        f'not found: d/y.json (looked for {tmp_path}/d/y.json: {looked}; edit copy_of_it in {path})')
+    # a setting whose value came from elsewhere (a dotted --cfg-options) is not the config variable
+    assert hinted(MMLLaVAError('max_length: 5 is too short', setting='max_length', value=5)) == (
+        'max_length: 5 is too short')
+    assert hinted(MMLLaVAError('max_length: 0 is too short', setting='max_length', value=0)) == (
+        f'max_length: 0 is too short (edit max_length in {path})')
+    # the attributes survive pickling, as a dataloader worker's error is sent to the main process
+    error = pickle.loads(pickle.dumps(PathNotFoundError('gone', setting='data_path', value='d/x.json')))
+    assert (type(error), str(error), error.setting, error.value) == (PathNotFoundError, 'gone', 'data_path', 'd/x.json')
 
 
 def test_a_dumped_config_reads_back_with_its_objects_and_dumps_the_same(tmp_path):

@@ -193,6 +193,16 @@ def test_missing_checkpoint_is_a_clear_error(tiny_zoo, tmp_path, capsys):
     assert capsys.readouterr().err == f'mmllava convert: error: checkpoint not found: {tmp_path / "iter_9.pth"}\n'
 
 
+def test_a_missing_model_folder_names_the_config_variable_to_change(tiny_zoo, tmp_path, capsys):
+    torch.save({'state_dict': {}}, tmp_path / 'iter_1.pth')
+    code = main(['convert', 'pth_to_hf', PRETRAIN, str(tmp_path / 'iter_1.pth'), str(tmp_path / 'out'),
+                 '--cfg-options', *cfg_options(tiny_zoo), 'llm_name_or_path=/nonexistent/llm'])
+    assert code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        'mmllava convert: error: llm_name_or_path: /nonexistent/llm does not exist (set --cfg-options '
+        f'llm_name_or_path=..., or edit llm_name_or_path in a copy: mmllava copy-cfg {PRETRAIN} .)')
+
+
 def test_checkpoint_of_another_model_is_a_clear_error(tiny_zoo, tmp_path, capsys):
     torch.save({'state_dict': {'projector.0.weight': torch.zeros(3, 3)}}, tmp_path / 'iter_1.pth')
     assert convert(PRETRAIN, tmp_path / 'iter_1.pth', tmp_path / 'out', tiny_zoo) == 1
@@ -259,3 +269,9 @@ def test_xtuner_lora_checkpoint_of_internlm2_loads_with_wqkv_split_exactly(tiny_
                                            r'\(llm\.base_model\.model\.model\.layers\.0\.mlp\.down_proj\.lora_A\.default'
                                            r'\.weight: \(8, 128\) in the file, the model expects \(16, 128\), …\)$'):
         model.load_pretrained(str(tmp_path / 'rank8.pth'))
+    # convert loads the same file as its `checkpoint`: the error says so, and carries the setting and path
+    with pytest.raises(MMLLaVAError) as as_checkpoint:
+        model.load_pretrained(str(tmp_path / 'rank8.pth'), setting='checkpoint')
+    assert str(as_checkpoint.value).startswith(f'checkpoint: {tmp_path / "rank8.pth"}: 28 trained weights of the '
+                                               'wrong shape')
+    assert (as_checkpoint.value.setting, as_checkpoint.value.value) == ('checkpoint', str(tmp_path / 'rank8.pth'))

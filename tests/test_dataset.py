@@ -115,7 +115,7 @@ def test_skip_mode_counts_bad_samples(tokenizer, processor, tmp_path):
     dataset = _dataset(tokenizer, processor, path, skip_bad_samples=True)
     assert len(dataset) == 2
     assert [index for index, _ in dataset.skipped] == list(range(1, len(BAD) + 1))
-    assert dataset.skipped[0][1].startswith('image file not found')
+    assert str(dataset.skipped[0][1]).startswith('image file not found')
     with pytest.raises(MMLLaVAError, match=r'no usable samples \(1 skipped\)'):
         _dataset(tokenizer, processor, _write(tmp_path, [BAD[0][0]]), skip_bad_samples=True)
 

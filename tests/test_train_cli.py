@@ -29,7 +29,10 @@ def test_user_error_is_one_line_exit_1_and_cfg_options_reach_derived_fields(tmp_
     (['{cfg}', '--resume', '/nonexistent/iter_1.pth'], 'checkpoint not found: /nonexistent/iter_1.pth'),
     (['{cfg}', '--resume', '{zero_folder}'], 'was written with --deepspeed; resume it with --deepspeed'),
     (['{cfg}', '--cfg-options', "train_dataloader.sampler={{'type':'DefaultSampler','shuffle':True}}"],
-     "{cfg}: DefaultSampler.__init__() got an unexpected keyword argument 'length_property'"),
+     "{cfg}: train_dataloader.sampler: DefaultSampler.__init__() got unexpected keyword arguments "
+     "'length_property', 'per_device_batch_size'"),
+    (['{cfg}', '--cfg-options', 'train_cfg.max_epochs=None'],
+     'train_cfg: give exactly one of max_iters and max_epochs (edit train_cfg in {cfg})'),
 ])
 def test_user_errors_are_reported_as_one_line(tmp_path, capsys, args, message):
     config = write_toy_config(tmp_path)

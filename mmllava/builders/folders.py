@@ -8,15 +8,15 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, PathNotFoundError
 
 
 def require_dir(path: str | os.PathLike | None, what: str) -> Path:
     """``path`` as a ``Path`` if it is an existing directory; ``what`` names the setting in messages."""
     if path is None or not Path(path).exists():
-        raise MMLLaVAError(f'{what}: {path} does not exist')
+        raise PathNotFoundError(f'{what}: {path} does not exist', setting=what, value=path)
     if not Path(path).is_dir():
-        raise MMLLaVAError(f'{what}: {path} is not a directory')
+        raise MMLLaVAError(f'{what}: {path} is not a directory', setting=what, value=path)
     return Path(path)
 
 

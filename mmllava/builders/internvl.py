@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmllava.builders.folders import attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, concerning
 
 WHAT = 'path'
 
@@ -117,38 +117,39 @@ def load_internvl(path: str | os.PathLike, torch_dtype=None, quantization_config
     from mmllava.formats.internvl import (is_native_internvl, is_official_internvl, native_config_to_official,
                                           official_config_to_native)
 
-    folder = require_dir(path, WHAT)
-    config_json = read_json(folder / 'config.json', WHAT)
-    if is_official_internvl(config_json):
-        official = config_json
-    elif is_native_internvl(config_json):
-        official = native_config_to_official(config_json, folder)
-    else:
-        raise MMLLaVAError(f'{WHAT}: {folder} is a {config_json.get("model_type")!r} model, expected an InternVL '
-                           'folder (official InternVLChatModel or transformers InternVLForConditionalGeneration)')
-    config = official_config_to_native(official)
-    config._name_or_path = str(folder)
-    state, stray = _read_state(folder, config_json)
-    vision_state, projector_state, llm_state = _split_native(state)
-    del state
-    llm_class = AutoModelForCausalLM._model_mapping[type(config.text_config)]
-    _check_parts(folder, config, vision_state, projector_state, llm_state, llm_class, stray)
-    kwargs = dtype_kwargs(torch_dtype)
-    if attn_implementation is not None:
-        kwargs['attn_implementation'] = attn_implementation
-    vision_tower = _from_state_dict(InternVLVisionModel, config.vision_config, vision_state, folder, 'vision',
-                                    **kwargs)
-    projector = InternVLMultiModalProjector(config)
-    projector.load_state_dict(projector_state)  # checked above: strict load cannot fail
-    projector.to(next(vision_tower.parameters()).dtype)
-    kwargs.update(attention_kwargs(attn_implementation, kwargs))  # the LLM only: flash-attention-2 where it can run
-    if quantization_config is not None:
-        kwargs['quantization_config'] = quantization_config
-    llm = _from_state_dict(llm_class, config.text_config, llm_state, folder, 'LLM',
-                           tied=bool(getattr(config.text_config, 'tie_word_embeddings', False)), **kwargs)
-    if (folder / 'generation_config.json').is_file():
-        llm.generation_config = GenerationConfig.from_pretrained(folder)
-    return InternVLParts(vision_tower, projector, llm, config, official, folder)
+    with concerning(WHAT, path):  # what fails inside is about this setting's value
+        folder = require_dir(path, WHAT)
+        config_json = read_json(folder / 'config.json', WHAT)
+        if is_official_internvl(config_json):
+            official = config_json
+        elif is_native_internvl(config_json):
+            official = native_config_to_official(config_json, folder)
+        else:
+            raise MMLLaVAError(f'{WHAT}: {folder} is a {config_json.get("model_type")!r} model, expected an InternVL '
+                               'folder (official InternVLChatModel or transformers InternVLForConditionalGeneration)')
+        config = official_config_to_native(official)
+        config._name_or_path = str(folder)
+        state, stray = _read_state(folder, config_json)
+        vision_state, projector_state, llm_state = _split_native(state)
+        del state
+        llm_class = AutoModelForCausalLM._model_mapping[type(config.text_config)]
+        _check_parts(folder, config, vision_state, projector_state, llm_state, llm_class, stray)
+        kwargs = dtype_kwargs(torch_dtype)
+        if attn_implementation is not None:
+            kwargs['attn_implementation'] = attn_implementation
+        vision_tower = _from_state_dict(InternVLVisionModel, config.vision_config, vision_state, folder, 'vision',
+                                        **kwargs)
+        projector = InternVLMultiModalProjector(config)
+        projector.load_state_dict(projector_state)  # checked above: strict load cannot fail
+        projector.to(next(vision_tower.parameters()).dtype)
+        kwargs.update(attention_kwargs(attn_implementation, kwargs))  # the LLM only: flash-attention-2 where it can run
+        if quantization_config is not None:
+            kwargs['quantization_config'] = quantization_config
+        llm = _from_state_dict(llm_class, config.text_config, llm_state, folder, 'LLM',
+                               tied=bool(getattr(config.text_config, 'tie_word_embeddings', False)), **kwargs)
+        if (folder / 'generation_config.json').is_file():
+            llm.generation_config = GenerationConfig.from_pretrained(folder)
+        return InternVLParts(vision_tower, projector, llm, config, official, folder)
 
 
 def load_internvl_image_processor(path: str | os.PathLike, max_dynamic_patch: int | None = None):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mmllava.builders.folders import (attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir,
                                      weight_shapes)
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, concerning
 
 WHAT = 'llm_name_or_path'
 
@@ -91,17 +91,18 @@ def load_llm(path: str | os.PathLike, torch_dtype=None, quantization_config=None
     """
     from transformers import AutoModelForCausalLM
 
-    folder = require_dir(path, WHAT)
-    config_dict = read_json(folder / 'config.json', WHAT)
-    kwargs = dtype_kwargs(torch_dtype)
-    kwargs.update(attention_kwargs(attn_implementation, kwargs))
-    if quantization_config is not None:
-        kwargs['quantization_config'] = quantization_config
-    if is_internlm2(config_dict) and not trust_remote_code:
-        return _load_internlm2(folder, config_dict, kwargs)
-    if not trust_remote_code:
-        return _load_native(folder, kwargs)
-    try:
-        return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as e:
-        raise MMLLaVAError(f'{WHAT}: cannot load {folder}: {str(e).splitlines()[0]}') from e
+    with concerning(WHAT, path):  # what fails inside is about this setting's value
+        folder = require_dir(path, WHAT)
+        config_dict = read_json(folder / 'config.json', WHAT)
+        kwargs = dtype_kwargs(torch_dtype)
+        kwargs.update(attention_kwargs(attn_implementation, kwargs))
+        if quantization_config is not None:
+            kwargs['quantization_config'] = quantization_config
+        if is_internlm2(config_dict) and not trust_remote_code:
+            return _load_internlm2(folder, config_dict, kwargs)
+        if not trust_remote_code:
+            return _load_native(folder, kwargs)
+        try:
+            return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
+        except (OSError, ValueError) as e:
+            raise MMLLaVAError(f'{WHAT}: cannot load {folder}: {str(e).splitlines()[0]}') from e

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from mmllava.builders.folders import read_json, require_dir
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, concerning
 
 WHAT = 'tokenizer'
 # Preferred pad tokens when a tokenizer has none, in order (Llama-3.1, Llama-3, Qwen/GPT style).
@@ -105,16 +105,17 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     """
     from transformers import AutoTokenizer
 
-    folder = require_dir(path, WHAT)
-    config_file = folder / 'tokenizer_config.json'
-    tok_cfg = read_json(config_file, WHAT) if config_file.is_file() else {}
-    internlm2 = str(tok_cfg.get('tokenizer_class', '')).startswith('InternLM2Tokenizer')
-    if internlm2 and not trust_remote_code and (folder / 'tokenizer.model').is_file():
-        tokenizer = _internlm2_tokenizer(folder, tok_cfg)
-    else:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise MMLLaVAError(f'{WHAT}: cannot load {folder}: {str(e).splitlines()[0]}') from e
-    _ensure_pad_token(tokenizer)
-    return tokenizer
+    with concerning(WHAT, path):  # what fails inside is about this setting's value
+        folder = require_dir(path, WHAT)
+        config_file = folder / 'tokenizer_config.json'
+        tok_cfg = read_json(config_file, WHAT) if config_file.is_file() else {}
+        internlm2 = str(tok_cfg.get('tokenizer_class', '')).startswith('InternLM2Tokenizer')
+        if internlm2 and not trust_remote_code and (folder / 'tokenizer.model').is_file():
+            tokenizer = _internlm2_tokenizer(folder, tok_cfg)
+        else:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError) as e:
+                raise MMLLaVAError(f'{WHAT}: cannot load {folder}: {str(e).splitlines()[0]}') from e
+        _ensure_pad_token(tokenizer)
+        return tokenizer

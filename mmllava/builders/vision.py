@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from mmllava.builders.folders import dtype_kwargs, iter_weight_shards, read_json, require_dir, weight_shapes
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, concerning
 
 WHAT = 'visual_encoder_name_or_path'
 # Where the tower's weights sit in each layout, most specific first ('' = transformers 5's unprefixed save).
@@ -68,16 +68,17 @@ def load_vision_encoder(path: str | os.PathLike, torch_dtype=None):
 
     from mmllava.formats.strict import check_loading_info, check_weights, expected_shapes
 
-    folder = require_dir(path, WHAT)
-    config = vision_config(folder)
-    expected = expected_shapes(CLIPVisionModel, config)
-    found = weight_shapes(folder, WHAT)
-    prefix = pick_prefix(found, expected)
-    check_weights(WHAT, folder, expected, select_prefixed(found, prefix), 'vision')
-    state_dict = {}
-    for shard in iter_weight_shards(folder, WHAT, keep=lambda key: key.startswith(prefix)):
-        state_dict.update({k: v for k, v in select_prefixed(shard, prefix).items() if k in expected})
-    model, info = CLIPVisionModel.from_pretrained(None, config=config, state_dict=state_dict,
-                                                  output_loading_info=True, **dtype_kwargs(torch_dtype))
-    check_loading_info(WHAT, folder, info, 'vision', expected)
-    return model
+    with concerning(WHAT, path):  # what fails inside is about this setting's value
+        folder = require_dir(path, WHAT)
+        config = vision_config(folder)
+        expected = expected_shapes(CLIPVisionModel, config)
+        found = weight_shapes(folder, WHAT)
+        prefix = pick_prefix(found, expected)
+        check_weights(WHAT, folder, expected, select_prefixed(found, prefix), 'vision')
+        state_dict = {}
+        for shard in iter_weight_shards(folder, WHAT, keep=lambda key: key.startswith(prefix)):
+            state_dict.update({k: v for k, v in select_prefixed(shard, prefix).items() if k in expected})
+        model, info = CLIPVisionModel.from_pretrained(None, config=config, state_dict=state_dict,
+                                                      output_loading_info=True, **dtype_kwargs(torch_dtype))
+        check_loading_info(WHAT, folder, info, 'vision', expected)
+        return model

@@ -29,7 +29,7 @@ def run(args):
         MMLogger.get_instance(name)
     else:
         MMLogger.get_instance(name, log_level='ERROR')
-    with reported_config_errors(cfg):
+    with reported_config_errors(cfg, builds='train_dataloader.dataset'):
         dataset = build_training_dataset(cfg, skip_bad_samples=True)
     report = inspect_dataset(dataset, read_samples(dataset.data_path), verify_images=not args.no_verify_images)
     print('\n'.join(report.lines()), flush=True)

@@ -20,7 +20,7 @@ def run(args):
     from mmllava.datatools.inspect import build_training_dataset
 
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
-    with reported_config_errors(cfg):
+    with reported_config_errors(cfg, builds='train_dataloader.dataset'):
         dataset = build_training_dataset(cfg)
     views = VIEWS if args.show == 'all' else (args.show,)
     for sample in dataset.samples[:max(args.num_samples, 0)]:

@@ -36,7 +36,7 @@ def run(args):
 
     gpu_mem = _size(args.gpu_mem) if args.gpu_mem else None
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
-    with reported_config_errors(cfg):
+    with reported_config_errors(cfg, builds='train_dataloader.dataset'):
         plan = make_plan(cfg, num_gpus=args.num_gpus, deepspeed=args.deepspeed)
     print('\n'.join(plan_lines(plan, gpu_mem)), flush=True)
     if args.json:

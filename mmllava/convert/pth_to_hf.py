@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, PathNotFoundError
 
 SAVE_FORMATS = ('xtuner', 'huggingface', 'official')
 _DEEPSPEED_INNER_FILE = re.compile(r'.*mp_rank_\d+_(model|optim)_states\.pt')
@@ -29,7 +29,7 @@ def check_checkpoint_path(path: str | os.PathLike) -> Path:
         raise MMLLaVAError(f'{path} is one file of a DeepSpeed checkpoint; pass the checkpoint folder that '
                            f'holds it instead: {folder}')
     if not path.exists():
-        raise MMLLaVAError(f'checkpoint not found: {path}')
+        raise PathNotFoundError(f'checkpoint not found: {path}', setting='checkpoint', value=path)
     return path
 
 
@@ -45,7 +45,7 @@ def export_dtype(cfg, fp32: bool) -> torch.dtype:
 
 def load_trained_model(config: str | os.PathLike, checkpoint: str | os.PathLike, cfg_options: dict | None = None):
     """Build the LLaVA or InternVL model of ``config`` and load ``checkpoint`` into it; returns ``(model, cfg)``."""
-    from mmllava.config import build, load_config
+    from mmllava.config import build, load_config, reported_config_errors
     from mmllava.models import InternVLModel, LLaVAModel
 
     checkpoint = check_checkpoint_path(checkpoint)
@@ -54,13 +54,11 @@ def load_trained_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
         raise MMLLaVAError(f'{cfg.filename}: convert pth_to_hf supports LLaVA and InternVL configs '
                            '(model.type=LLaVAModel or InternVLModel)')
     cfg.model.pretrained_pth = None
-    print(f'Building the model of {Path(cfg.filename).name}', flush=True)
-    model = build(cfg.model)
-    print(f'Loading {checkpoint}', flush=True)
-    try:
-        model.load_pretrained(str(checkpoint))
-    except MMLLaVAError as e:  # the loader names the file "pretrained_pth"; here it is the checkpoint
-        raise MMLLaVAError(str(e).replace('pretrained_pth: ', 'checkpoint: ', 1)) from None
+    with reported_config_errors(cfg, builds='model'):  # a missing model folder names its config variable
+        print(f'Building the model of {Path(cfg.filename).name}', flush=True)
+        model = build(cfg.model)
+        print(f'Loading {checkpoint}', flush=True)
+        model.load_pretrained(str(checkpoint), setting='checkpoint')  # errors name the file as `checkpoint`
     model.eval()
     return model, cfg
 

@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 
 from mmllava.constants import IGNORE_INDEX
+from mmllava.data.worker import failed_sample
 
 
 def llava_collate(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
@@ -26,6 +27,9 @@ def llava_collate(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
     """
     if not instances:
         raise ValueError('llava_collate got an empty batch')
+    failed = failed_sample(instances)
+    if failed is not None:  # a bad sample in a dataloader worker: the batch is its error (data/worker.py)
+        return failed
     length = max(len(item['input_ids']) for item in instances)
     packed = 'position_ids' in instances[0]
     # One storage for the integer rows: a dataloader worker hands each storage over separately

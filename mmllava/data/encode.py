@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from mmllava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, PlaceholderError, TruncationError
 from mmllava.templates import PromptTemplate, get_template
 
 
@@ -68,12 +68,12 @@ def parse_conversation(conversations: Any) -> tuple[str | None, list[tuple[str, 
         if not answer.strip():
             raise MMLLaVAError(f'turn {i + 1}: empty gpt answer')
         if DEFAULT_IMAGE_TOKEN in answer:
-            raise MMLLaVAError(f'turn {i + 1}: {DEFAULT_IMAGE_TOKEN} placeholder in a gpt answer')
+            raise PlaceholderError(f'turn {i + 1}: {DEFAULT_IMAGE_TOKEN} placeholder in a gpt answer')
         pairs.append((human, answer))
     if not pairs:
         raise MMLLaVAError('conversation has no human/gpt turn')
     if system is not None and DEFAULT_IMAGE_TOKEN in system:
-        raise MMLLaVAError(f'turn 0: {DEFAULT_IMAGE_TOKEN} placeholder in the system message')
+        raise PlaceholderError(f'turn 0: {DEFAULT_IMAGE_TOKEN} placeholder in the system message')
     return system, pairs
 
 
@@ -117,9 +117,9 @@ def encode_conversation(conversations: Sequence[dict], tokenizer, template: str 
 def _check_truncation(pairs: list[tuple[str, str]], first_dropped: int, max_length: int, needed: int):
     """Raise when dropping ``pairs[first_dropped:]`` leaves nothing trained or loses the image."""
     if first_dropped == 0:
-        raise MMLLaVAError(f'no trained tokens after truncation to max_length={max_length}: '
+        raise TruncationError(f'no trained tokens after truncation to max_length={max_length}: '
                            f'the first turn alone needs {needed} tokens')
     for k in range(first_dropped, len(pairs)):
         if DEFAULT_IMAGE_TOKEN in pairs[k][0]:
-            raise MMLLaVAError(f'truncation to max_length={max_length} would drop human/gpt pair {k + 1} '
+            raise TruncationError(f'truncation to max_length={max_length} would drop human/gpt pair {k + 1} '
                                f'which holds the {DEFAULT_IMAGE_TOKEN}')

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mmllava.errors import MMLLaVAError
+from mmllava.builders.folders import require_dir
+from mmllava.errors import ImageError, MMLLaVAError, PathNotFoundError, concerning
 
 # PIL's own default limit (about 89.5 megapixels), raised as an error instead of a warning.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -37,7 +38,7 @@ def resolve_image_path(path: str | os.PathLike, image_folder: str | os.PathLike 
     folder = os.path.normpath(os.path.abspath(image_folder))
     full = os.path.normpath(os.path.join(folder, path))
     if not allow_absolute_paths and os.path.commonpath([folder, full]) != folder:
-        raise MMLLaVAError(f'image path {str(path)!r} leaves the image folder {folder}')
+        raise ImageError(f'image path {str(path)!r} leaves the image folder {folder}')
     return Path(full)
 
 
@@ -73,7 +74,7 @@ def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, v
 
 def _check_pixels(img: Image.Image, path, max_pixels: int) -> None:
     if img.width * img.height > max_pixels:
-        raise MMLLaVAError(f'{path}: image of {img.width}x{img.height} pixels exceeds max_pixels={max_pixels}')
+        raise ImageError(f'{path}: image of {img.width}x{img.height} pixels exceeds max_pixels={max_pixels}')
 
 
 @contextlib.contextmanager
@@ -85,9 +86,9 @@ def _reading(path):
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             yield
     except FileNotFoundError:
-        raise MMLLaVAError(f'image file not found: {path}') from None
+        raise PathNotFoundError(f'image file not found: {path}', value=path) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise MMLLaVAError(f'{path}: cannot read image: {e}') from None
+        raise ImageError(f'{path}: cannot read image: {e}') from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -168,19 +169,20 @@ class ImageProcessor:
     def from_pretrained(cls, path: str | os.PathLike) -> 'ImageProcessor':
         """Read ``preprocessor_config.json`` (or ``processor_config.json``'s ``image_processor``)
         and the patch/image size of the vision config in the folder's ``config.json``."""
-        folder = Path(path)
-        settings = _read_processor_settings(folder)
-        keys = ('size', 'crop_size', 'image_mean', 'image_std', 'resample', 'rescale_factor',
-                'do_resize', 'do_center_crop', 'do_rescale', 'do_normalize')
-        kwargs = {k: settings[k] for k in keys if settings.get(k) is not None}
-        vision = _read_vision_config(folder)
-        if 'patch_size' in vision:
-            kwargs['patch_size'] = _pair(vision['patch_size'])[0]
-        processor = cls(**kwargs)
-        if 'image_size' in vision and processor.crop_size != _pair(vision['image_size']):
-            raise MMLLaVAError(f'{folder}: the processor crops to {processor.crop_size} but the vision '
-                               f'tower expects {vision["image_size"]} images')
-        return processor
+        with concerning('image_processor', path):  # what fails inside is about this folder
+            folder = require_dir(path, 'image_processor')
+            settings = _read_processor_settings(folder)
+            keys = ('size', 'crop_size', 'image_mean', 'image_std', 'resample', 'rescale_factor',
+                    'do_resize', 'do_center_crop', 'do_rescale', 'do_normalize')
+            kwargs = {k: settings[k] for k in keys if settings.get(k) is not None}
+            vision = _read_vision_config(folder)
+            if 'patch_size' in vision:
+                kwargs['patch_size'] = _pair(vision['patch_size'])[0]
+            processor = cls(**kwargs)
+            if 'image_size' in vision and processor.crop_size != _pair(vision['image_size']):
+                raise MMLLaVAError(f'{folder}: the processor crops to {processor.crop_size} but the vision '
+                                   f'tower expects {vision["image_size"]} images')
+            return processor
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """Preprocess one RGB PIL image into a float tensor ``[3, H, W]``."""

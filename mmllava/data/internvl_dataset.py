@@ -21,7 +21,8 @@ from mmllava.config import build
 from mmllava.constants import IMAGE_TOKEN_INDEX
 from mmllava.data.collate import llava_collate
 from mmllava.data.llava_dataset import LLaVADataset
-from mmllava.errors import MMLLaVAError
+from mmllava.data.worker import failed_sample
+from mmllava.errors import ImageError, MMLLaVAError
 from mmllava.templates import PromptTemplate
 
 IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN = '<img>', '</img>', '<IMG_CONTEXT>'
@@ -60,7 +61,7 @@ def oriented_size(path: str | os.PathLike) -> tuple[int, int]:
             width, height = img.size
             orientation = img.getexif().get(0x0112)
     except (OSError, SyntaxError, ValueError) as e:
-        raise MMLLaVAError(f'{path}: cannot read image: {e}') from None
+        raise ImageError(f'{path}: cannot read image: {e}') from None
     return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
 
 
@@ -99,6 +100,9 @@ def internvl_collate(instances: Sequence[dict], pad_token_id: int = 0) -> dict:
     ``num_tiles`` holds each image's tile count (``LongTensor[num_images]``), so per-image features
     can be told apart; both are None for a text-only batch.
     """
+    failed = failed_sample(instances)
+    if failed is not None:  # a bad sample in a dataloader worker: the batch is its error (data/worker.py)
+        return failed
     batch = llava_collate([{**item, 'pixel_values': None} for item in instances], pad_token_id)
     images = [item['pixel_values'] for item in instances if item.get('pixel_values') is not None]
     batch['data']['pixel_values'] = torch.cat(images) if images else None

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from mmllava.data.image import to_rgb
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, concerning
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,12 +81,13 @@ class InternVLImageProcessor:
 
         from mmllava.formats.internvl import is_native_internvl, native_config_to_official
 
-        config = read_json(require_dir(path, 'path') / 'config.json', 'path')
-        if is_native_internvl(config):  # a transformers-native folder: its settings in official names
-            config = native_config_to_official(config, path)
-        if 'vision_config' not in config or 'downsample_ratio' not in config:
-            raise MMLLaVAError(f'path: {Path(path)} is not an official InternVL folder (no vision_config / '
-                               'downsample_ratio in config.json)')
+        with concerning('path', path):  # what fails inside is about this folder
+            config = read_json(require_dir(path, 'path') / 'config.json', 'path')
+            if is_native_internvl(config):  # a transformers-native folder: its settings in official names
+                config = native_config_to_official(config, path)
+            if 'vision_config' not in config or 'downsample_ratio' not in config:
+                raise MMLLaVAError(f'path: {Path(path)} is not an official InternVL folder (no vision_config / '
+                                   'downsample_ratio in config.json)')
         return cls(image_size=force_image_size(config), min_num=int(config.get('min_dynamic_patch', 1)),
                    max_num=int(max_dynamic_patch or config.get('max_dynamic_patch', 12)),
                    use_thumbnail=bool(config.get('use_thumbnail', True)),

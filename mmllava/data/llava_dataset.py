@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 
+from mmllava.builders.folders import require_dir
 from mmllava.config import build
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.data.encode import encode_conversation
 from mmllava.data.image import check_image, expand2square, load_image, resolve_image_path
-from mmllava.errors import MMLLaVAError
+from mmllava.data.worker import raised_or_sent
+from mmllava.errors import MMLLaVAError, PathNotFoundError, PlaceholderError
 from mmllava.templates import PromptTemplate, get_template
 
 
@@ -34,7 +36,7 @@ def read_samples(data_path: str | os.PathLike) -> list[Any]:
     try:
         text = path.read_text(encoding='utf-8-sig')  # tolerate a byte-order mark
     except FileNotFoundError:
-        raise MMLLaVAError(f'data file not found: {path}') from None
+        raise PathNotFoundError(f'data file not found: {path}', setting='data_path', value=data_path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise MMLLaVAError(f'{path}: cannot read data file: {e}') from None
     if path.suffix != '.jsonl' and text.lstrip().startswith('['):
@@ -69,11 +71,11 @@ def _refuse_non_list_document(path: Path, text: str) -> None:
                        '(or JSONL: one sample object a line)')
 
 
-def summarize_skipped(skipped: list[tuple[int, str]], limit: int = 3) -> str:
-    """``skipped`` (index, reason) pairs as one line: the most common reasons with their counts."""
+def summarize_skipped(skipped: list[tuple[int, MMLLaVAError]], limit: int = 3) -> str:
+    """``skipped`` (index, error) pairs as one line: the most common reasons with their counts."""
     counts: dict[str, list[int]] = {}
     for index, reason in skipped:
-        counts.setdefault(reason, []).append(index)
+        counts.setdefault(str(reason), []).append(index)
     ranked = sorted(counts.items(), key=lambda item: -len(item[1]))
     parts = [f'{len(indices)} x [{reason}] (first at index {indices[0]})' for reason, indices in ranked[:limit]]
     if len(ranked) > limit:
@@ -95,7 +97,8 @@ class LLaVADataset(torch.utils.data.Dataset):
                  image_processor, template: str | PromptTemplate, max_length: int,
                  pad_image_to_square: bool = False, system: str | None = None, skip_bad_samples: bool = False):
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise MMLLaVAError(f'max_length: expected a positive integer, got {max_length!r}')
+            raise MMLLaVAError(f'max_length: expected a positive integer, got {max_length!r}',
+                               setting='max_length', value=max_length)
         self.data_path = Path(data_path)
         self.image_folder = None if image_folder is None else Path(image_folder)
         self.tokenizer = build(tokenizer)
@@ -105,15 +108,18 @@ class LLaVADataset(torch.utils.data.Dataset):
         self.pad_image_to_square = pad_image_to_square
         self.system = system
         self.skip_bad_samples = skip_bad_samples
-        self.skipped: list[tuple[int, str]] = []
+        self.skipped: list[tuple[int, MMLLaVAError]] = []  # the error, whose type is the problem's kind
         self.samples: list[dict] = []
-        for index, raw in enumerate(read_samples(self.data_path)):
+        raw_samples = read_samples(data_path)
+        if self.image_folder is not None and any(isinstance(raw, dict) and raw.get('image') for raw in raw_samples):
+            require_dir(image_folder, 'image_folder')  # one error for the setting, not one per sample
+        for index, raw in enumerate(raw_samples):
             try:
                 self.samples.append({**self.prepare_sample(raw), 'index': index})
             except MMLLaVAError as e:
                 if not skip_bad_samples:
                     raise MMLLaVAError(f'{self.data_path}:{index}: {e}') from None
-                self.skipped.append((index, str(e)))
+                self.skipped.append((index, e))
         if not self.samples:
             raise MMLLaVAError(f'{self.data_path}: no usable samples ({len(self.skipped)} skipped): '
                                + summarize_skipped(self.skipped))
@@ -136,7 +142,7 @@ class LLaVADataset(torch.utils.data.Dataset):
         image = raw.get('image')
         if isinstance(image, list):
             if len(image) > 1:
-                raise MMLLaVAError(f'{len(image)} images in one sample; only 0 or 1 are supported')
+                raise PlaceholderError(f'{len(image)} images in one sample; only 0 or 1 are supported')
             image = image[0] if image else None
         if image is not None and not isinstance(image, str):
             raise MMLLaVAError(f'"image" must be a path string, got {type(image).__name__}')
@@ -149,10 +155,10 @@ class LLaVADataset(torch.utils.data.Dataset):
             if placeholders == 0:
                 conversations = _prepend_placeholder(conversations)
             elif placeholders != 1:
-                raise MMLLaVAError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholders for 1 image')
+                raise PlaceholderError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholders for 1 image')
             num_image_tokens = self._num_image_tokens(path)
         elif placeholders:
-            raise MMLLaVAError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholder(s) but the sample has no "image"')
+            raise PlaceholderError(f'{placeholders} {DEFAULT_IMAGE_TOKEN} placeholder(s) but the sample has no "image"')
         encoded = encode_conversation(conversations, self.tokenizer, self.template, num_image_tokens,
                                       max_length or self.max_length, self.system)
         encoded['image'] = image
@@ -180,7 +186,8 @@ class LLaVADataset(torch.utils.data.Dataset):
             try:
                 image = load_image(sample['image'], self.image_folder)
             except MMLLaVAError as e:  # damage past the header shows only now
-                raise MMLLaVAError(f'{self.data_path}:{sample["index"]}: {e}') from None
+                # in a dataloader worker: returned as the batch, raised in the main process
+                return raised_or_sent(MMLLaVAError(f'{self.data_path}:{sample["index"]}: {e}'))
             if self.pad_image_to_square:
                 image = expand2square(image, self.image_processor.background_rgb)
             pixel_values = self.image_processor(image)

@@ -32,6 +32,7 @@ import bisect
 import torch
 
 from mmllava.constants import IGNORE_INDEX
+from mmllava.data.worker import failed_sample
 from mmllava.errors import MMLLaVAError
 
 
@@ -105,7 +106,8 @@ class PackedDataset(torch.utils.data.Dataset):
         return len(self.packs)
 
     def __getitem__(self, index: int) -> dict:
-        return pack_items([self.dataset[i] for i in self.packs[index]])
+        items = [self.dataset[i] for i in self.packs[index]]
+        return failed_sample(items) or pack_items(items)  # a worker's bad sample fails the pack (data/worker.py)
 
     @property
     def modality_length(self) -> list[int]:

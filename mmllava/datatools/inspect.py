@@ -13,31 +13,28 @@ import sys
 from dataclasses import dataclass, field
 
 from mmllava.constants import IGNORE_INDEX
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import ImageError, MMLLaVAError, PathNotFoundError, PlaceholderError, TruncationError
 
-# Problem kinds, matched on the reasons the dataset gives (first match wins).
+# Problem kinds, by the type of error the dataset raised for the sample (first match wins).
 PROBLEM_KINDS = (
-    ('missing image', ('image file not found', 'does not exist')),
-    ('unreadable image', ('cannot read image', 'exceeds max_pixels', 'leaves the image folder')),
-    ('placeholder/image mismatch', ('placeholder', 'images in one sample', 'has no "image"')),
-    ('no trained token after truncation', ('no trained tokens after truncation', 'would drop')),
+    (PathNotFoundError, 'missing image'),  # a sample's only path is its image's
+    (ImageError, 'unreadable image'),
+    (PlaceholderError, 'placeholder/image mismatch'),
+    (TruncationError, 'no trained token after truncation'),
 )
 OTHER_KIND = 'invalid sample'
 
 
-def problem_kind(reason: str) -> str:
-    """The ``PROBLEM_KINDS`` name of a dataset error reason (``invalid sample`` otherwise)."""
-    for kind, needles in PROBLEM_KINDS:
-        if any(needle in reason for needle in needles):
-            return kind
-    return OTHER_KIND
+def problem_kind(error: MMLLaVAError) -> str:
+    """The ``PROBLEM_KINDS`` name of the error a sample raised (``invalid sample`` otherwise)."""
+    return next((kind for error_type, kind in PROBLEM_KINDS if isinstance(error, error_type)), OTHER_KIND)
 
 
 def build_training_dataset(cfg, **overrides):
     """The config's ``train_dataloader.dataset`` (an ``LLaVADataset`` or ``InternVLDataset``) built with ``overrides``.
 
-    Only the tokenizer and the image processor are loaded, never model weights. Wrong arguments
-    become one-line errors naming the config.
+    Only the tokenizer and the image processor are loaded, never model weights. The commands call
+    it inside ``mmllava.config.reported_config_errors``, which refuses wrong arguments beforehand.
     """
     from mmllava.config import build
     from mmllava.data.llava_dataset import LLaVADataset
@@ -48,10 +45,7 @@ def build_training_dataset(cfg, **overrides):
     if not (isinstance(dataset_type, type) and issubclass(dataset_type, LLaVADataset)):  # InternVLDataset is one
         raise MMLLaVAError(f'{cfg.filename}: train_dataloader.dataset must be dict(type=LLaVADataset, ...) '
                            'for this command')
-    try:
-        return build({**dataset_cfg, **overrides})
-    except TypeError as e:  # an unknown or missing argument of the dataset or its tokenizer/processor
-        raise MMLLaVAError(f'{cfg.filename}: train_dataloader.dataset: {e}') from None
+    return build({**dataset_cfg, **overrides})
 
 
 @dataclass
@@ -63,7 +57,7 @@ class DatasetReport:
     samples: int = 0
     with_image: int = 0
     turns: int = 0
-    problems: list[tuple[int, str]] = field(default_factory=list)
+    problems: list[tuple[int, MMLLaVAError]] = field(default_factory=list)  # (index, what it raised)
     truncated: list[tuple[int, int]] = field(default_factory=list)  # (index, untruncated length)
     lengths: list[int] = field(default_factory=list)  # untruncated, of the usable samples
 
@@ -127,7 +121,7 @@ def inspect_dataset(dataset, raw_samples: list, verify_images: bool = True) -> D
             try:
                 check_image(resolve_image_path(sample['image'], dataset.image_folder), verify=True)
             except MMLLaVAError as e:
-                report.problems.append((index, str(e)))
+                report.problems.append((index, e))
                 continue
         length = len(sample['input_ids'])
         _, pairs = parse_conversation(raw_samples[index]['conversations'])

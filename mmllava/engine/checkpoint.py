@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, PathNotFoundError
 
 DEEPSPEED_MODEL_FILE = 'mp_rank_00_model_states.pt'
 LAST_CHECKPOINT = 'last_checkpoint'
@@ -95,12 +95,13 @@ def safe_torch_load(path: str | os.PathLike, map_location='cpu'):
         with torch.serialization.safe_globals(_allowed_globals()):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise MMLLaVAError(f'{path}: checkpoint not found') from None
+        raise PathNotFoundError(f'{path}: checkpoint not found', value=path) from None
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        first_line = (str(e).splitlines() or [type(e).__name__])[0]
-        if 'weights_only' not in str(e) and 'Unsupported global' not in str(e):
+        # Told apart by what the file pickles (torch lists it), not by the wording of torch's error.
+        refused = ', '.join(_refused_globals(path))
+        if not refused:
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
             raise MMLLaVAError(f'{path}: not a readable checkpoint (truncated or corrupt?): {first_line}') from None
-        refused = ', '.join(_refused_globals(path)) or first_line
         raise MMLLaVAError(
             f'{path}: refusing to load: it pickles Python objects outside the allow-list ({refused}); '
             'mmllava only unpickles tensors, plain data and the state its own checkpoints hold. If you '
@@ -124,7 +125,7 @@ def load_checkpoint_file(filename: str | os.PathLike, map_location=None) -> dict
         checkpoint[SOURCE_KEY] = str(path)
         return checkpoint
     if not path.is_file():
-        raise MMLLaVAError(f'{path}: checkpoint not found')
+        raise PathNotFoundError(f'{path}: checkpoint not found', value=filename)
     checkpoint = safe_torch_load(path, map_location=map_location)
     if isinstance(checkpoint, dict):
         checkpoint[SOURCE_KEY] = str(path)

@@ -38,7 +38,7 @@ class TrainLoop(BaseLoop):
 
     def __init__(self, runner, dataloader, max_iters: int | None = None, max_epochs: float | None = None):
         if (max_iters is None) == (max_epochs is None):
-            raise MMLLaVAError('train_cfg: give exactly one of max_iters and max_epochs')
+            raise MMLLaVAError('train_cfg: give exactly one of max_iters and max_epochs', setting='train_cfg')
         if isinstance(dataloader, dict):
             dataloader = _resumable_dataloader_cfg(dataloader)
         super().__init__(runner, dataloader)
@@ -46,7 +46,8 @@ class TrainLoop(BaseLoop):
             raise MMLLaVAError('the training dataloader is empty (no samples, or fewer than one batch)')
         if max_iters is not None:
             if int(max_iters) != max_iters or max_iters < 1:
-                raise MMLLaVAError(f'train_cfg.max_iters must be a positive integer, got {max_iters!r}')
+                raise MMLLaVAError(f'train_cfg.max_iters must be a positive integer, got {max_iters!r}',
+                                   setting='train_cfg')
             self._max_iters = int(max_iters)
         else:
             self._max_iters = max(1, round(max_epochs * len(self.dataloader)))

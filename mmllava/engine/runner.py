@@ -15,7 +15,7 @@ import uuid
 import torch
 
 from mmllava.engine.compat import log
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, PathNotFoundError
 
 
 def _type_name(obj_type) -> str:
@@ -106,7 +106,7 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
     if isinstance(pretrained, str) and not os.path.exists(pretrained):
         # before the dataset and the model are built: a fine-tune run before its pretrain run
         # stops at once (mmllava.config.with_config_hint names the run that writes it)
-        raise MMLLaVAError(f'{pretrained}: checkpoint not found')
+        raise PathNotFoundError(f'{pretrained}: checkpoint not found', setting='pretrained_pth', value=pretrained)
     user_cfg, cfg = cfg, copy.deepcopy(cfg)
     # What build_runner writes into the work dir: the config as the user ran it (--cfg-options
     # applied), not this process's rewrite of it (CPU optimizer wrapper, DeepSpeed strategy, launcher),

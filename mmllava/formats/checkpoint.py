@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, PathNotFoundError
 
 
 def _deepspeed_model_file(folder: Path) -> Path | None:
@@ -54,7 +54,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
             raise MMLLaVAError(f'{path}: a folder, but not a DeepSpeed checkpoint (no mp_rank_00_model_states.pt)')
         path = model_file
     if not path.is_file():
-        raise MMLLaVAError(f'{path}: checkpoint not found')
+        raise PathNotFoundError(f'{path}: checkpoint not found', value=path)
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mmllava.config import build
+from mmllava.errors import concerning
 from mmllava.models.base import MultimodalModel
 
 
@@ -68,14 +69,16 @@ class InternVLModel(MultimodalModel):
             self.load_pretrained(pretrained_pth)
 
     # ------------------------------------------------------------------ weights
-    def load_pretrained(self, path: str) -> None:
+    def load_pretrained(self, path: str, setting: str = 'pretrained_pth') -> None:
         """Load trained weights saved by this model: any of its parts, each complete and of the right shapes
-        (``mmllava.formats.strict.check_trained_parts``)."""
+        (``mmllava.formats.strict.check_trained_parts``). ``setting`` names where ``path`` came from in
+        errors (``convert`` gives ``checkpoint``)."""
         from mmllava.formats.checkpoint import load_state_dict_file
         from mmllava.formats.strict import check_trained_parts, shapes
 
-        state = load_state_dict_file(path)
-        check_trained_parts('pretrained_pth', path, shapes(nn.Module.state_dict(self)), shapes(state))
+        with concerning(setting, path):
+            state = load_state_dict_file(path)
+            check_trained_parts(setting, path, shapes(nn.Module.state_dict(self)), shapes(state))
         nn.Module.load_state_dict(self, state, strict=False)
 
     # ------------------------------------------------------------------ images

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mmllava.config import build
-from mmllava.errors import MMLLaVAError
+from mmllava.errors import MMLLaVAError, concerning
 from mmllava.models.base import MultimodalModel
 from mmllava.models.lora import is_quantized
 from mmllava.models.projector import Projector
@@ -55,21 +55,23 @@ class LLaVAModel(MultimodalModel):
             self.load_pretrained(pretrained_pth)
 
     # ------------------------------------------------------------------ weights
-    def load_pretrained(self, path: str) -> None:
+    def load_pretrained(self, path: str, setting: str = 'pretrained_pth') -> None:
         """Load a projector (and any of our trained weights, or XTuner's LoRA adapters, InternLM2
         ``wqkv`` ones included) from ``path``; any format in ``mmllava.formats.llava``. Each part the
-        file holds must be complete and fit (``mmllava.formats.strict.check_trained_parts``)."""
+        file holds must be complete and fit (``mmllava.formats.strict.check_trained_parts``).
+        ``setting`` names where ``path`` came from in errors (``convert`` gives ``checkpoint``)."""
         from mmllava.formats.checkpoint import load_state_dict_file
         from mmllava.formats.llava import split_projector_state, xtuner_weights_to_ours
         from mmllava.formats.strict import check_trained_parts, shapes
 
-        state = load_state_dict_file(path)
-        projector, rest, _ = split_projector_state(state)
-        try:
-            state = {**projector, **xtuner_weights_to_ours(rest, self.llm.config)}
-        except MMLLaVAError as e:  # a packed wqkv that does not fit this LLM
-            raise MMLLaVAError(f'pretrained_pth: {path}: {e}') from None
-        check_trained_parts('pretrained_pth', path, shapes(nn.Module.state_dict(self)), shapes(state))
+        with concerning(setting, path):
+            state = load_state_dict_file(path)
+            projector, rest, _ = split_projector_state(state)
+            try:
+                state = {**projector, **xtuner_weights_to_ours(rest, self.llm.config)}
+            except MMLLaVAError as e:  # a packed wqkv that does not fit this LLM
+                raise MMLLaVAError(f'{setting}: {path}: {e}') from None
+            check_trained_parts(setting, path, shapes(nn.Module.state_dict(self)), shapes(state))
         nn.Module.load_state_dict(self, state, strict=False)
 
     def projector_keys(self) -> list[str]:
