@@ -4,7 +4,7 @@
 it) registers mmllava's checkpoint loader through mmengine's public ``CheckpointLoader`` and
 replaces the one private function left that no public hook, option or API can replace.
 ``LEDGER`` lists each private function mmllava replaces or calls, with the module path and
-signature it was written for; ``check_ledger`` raises a one-line ``MMLLaVAError`` at start when
+signature it was written for; ``check_target`` raises a one-line ``MMLLaVAError`` at start when
 an upgrade moved or changed one, instead of patching something that moved. docs/mmengine_compat.md
 holds, for each, the upstream versions and behaviour it answers and how we would know to remove
 it, and what replaced the patches that public interfaces could replace.
@@ -49,16 +49,15 @@ LEDGER = (SHM_OP, LOAD_TO_MODEL)
 
 
 def apply() -> None:
-    """Check the ledger and install the process-wide changes (idempotent)."""
+    """Check the ledger, then install the process-wide changes (idempotent)."""
     global _APPLIED
     if _APPLIED:
         return
-    _register_checkpoint_loader()
-    if _skip_shm_op():
-        ds_comm_torch = check_target(SHM_OP)
-        if ds_comm_torch is not None:
-            ds_comm_torch.build_shm_op = lambda: None
+    ds_comm_torch = check_target(SHM_OP) if _skip_shm_op() else None
     check_target(LOAD_TO_MODEL)
+    _register_checkpoint_loader()
+    if ds_comm_torch is not None:
+        ds_comm_torch.build_shm_op = _no_shm_op
     _APPLIED = True
 
 
@@ -70,6 +69,7 @@ def log(message: str, level: int = logging.INFO) -> None:
 
 
 def installed_version(package: str) -> str | None:
+    """The installed version of a distribution, or None."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -124,6 +124,12 @@ def _skip_shm_op() -> bool:
     (gloo). DeepSpeed has no option to skip it: ``build_shm_op`` is replaced by a no-op on CPU;
     ``MMLLAVA_DS_SHM_COMM=1`` keeps it."""
     return not torch.cuda.is_available() and os.environ.get('MMLLAVA_DS_SHM_COMM') != '1'
+
+
+def _no_shm_op():
+    """What ``build_shm_op`` returns where the op is not compatible: no op (``TorchBackend`` then
+    keeps ``shm_comm_op = None``)."""
+    return None
 
 
 # --- config-level fixes -----------------------------------------------------------------------

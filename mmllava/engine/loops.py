@@ -5,7 +5,8 @@ a resumed run starts mid-epoch by skipping sampler indices (no batch is loaded t
 away) and restores the RNG saved with the checkpoint, so its losses equal the uninterrupted
 run's; no 2 s sleep at every epoch boundary; ``runner.epoch`` counts real passes over the data
 and the epoch hooks run around each pass (epoch-based schedulers and checkpoints work); logged
-scalars are averaged over ranks.
+scalars are averaged over ranks; the dataloader's workers are seeded as mmengine seeds them and
+share tensors by file name (``with_worker_init``, through mmengine's ``worker_init_fn`` key).
 """
 from __future__ import annotations
 
