@@ -117,12 +117,18 @@ def _expected_lrs(base: float, start_factor: float, warmup_end: int, total: int)
     return warmup + [base * (1 + math.cos(math.pi * (i - warmup_end) / span)) / 2 for i in range(warmup_end, total)]
 
 
-def test_the_lr_of_every_iteration_follows_the_phases_on_whole_iterations(tmp_path):
+@pytest.mark.parametrize('deepspeed', [None, 'zero2'])
+def test_the_lr_of_every_iteration_follows_the_phases_on_whole_iterations(tmp_path, deepspeed):
     """3 epochs of 7 iterations, warmup_ratio 0.1: the warm-up ends at 0.3 epoch = 2.1 iterations,
-    rounded up to iteration 3; the cosine phase runs from 3 to 21. The logged lr of each iteration."""
+    rounded up to iteration 3; the cosine phase runs from 3 to 21. The logged lr of each iteration,
+    from the plain runner and from DeepSpeed's strategy (each converts the phases itself)."""
     config = write_toy_config(tmp_path / 'cfg', num_samples=7, batch_size=1, max_epochs=3, save_steps=100)
     work_dir = tmp_path / 'work'
-    assert main(['train', str(config), '--work-dir', str(work_dir), '--seed', '1']) == 0
+    if deepspeed:
+        result = run_train(config, '--work-dir', work_dir, '--seed', 1, '--deepspeed', deepspeed, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        assert main(['train', str(config), '--work-dir', str(work_dir), '--seed', '1']) == 0
     scalars = [json.loads(line) for line in next(work_dir.glob('*/vis_data/scalars.json')).read_text().splitlines()]
     lrs = [s['lr'] for s in scalars if 'lr' in s]
     expected = _expected_lrs(1e-2, 1e-5, 3, 21)
