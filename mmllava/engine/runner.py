@@ -163,7 +163,7 @@ def build_runner(cfg, verbose: bool = False):
     # The dataset is built (tokenised and checked) before the model, so bad data stops the run in
     # seconds with `FILE:INDEX: reason` instead of after minutes of loading weights.
     dataset = build(cfg.train_dataloader.dataset)
-    init_cpu_process_group(cfg.launcher, cfg.get('env_cfg'), deepspeed=runner_cls is FlexibleRunner)
+    init_cpu_process_group(cfg.get('launcher', 'none'), cfg.get('env_cfg'), deepspeed=runner_cls is FlexibleRunner)
     runner = runner_cls(**_runner_arguments(runner_cls, cfg, dataset))
     # first in the work dir's log: a result that differs on another machine is matched to its kind
     runner.logger.info(format_machine_facts(machine_facts()))
@@ -176,7 +176,8 @@ def _runner_arguments(runner_cls, cfg, dataset) -> dict:
     built ``dataset`` in ``train_dataloader`` (mmengine's ``build_dataloader`` takes a dataset
     object there). The config itself keeps the dataset's settings: mmengine dumps it to the work
     dir. Keys the config lacks take the constructor's defaults (``from_cfg`` passes the same ones,
-    but for FlexibleRunner's ``env_cfg``, which it passes as None: the shipped configs all set it)."""
+    but for FlexibleRunner's ``env_cfg``, which it passes as None: the shipped configs all set it;
+    and FlexibleRunner's ``compile``, which its ``from_cfg`` drops, is passed when a config sets it)."""
     import inspect
 
     cfg = copy.deepcopy(cfg)  # as from_cfg: the runner builds hooks and the rest from these dicts
