@@ -77,18 +77,31 @@ class _SharingStrategy(torch.utils.data.Dataset):
 @pytest.mark.parametrize('runner', ['Runner', 'FlexibleRunner'])
 @pytest.mark.parametrize('num_workers', [1, 2])
 def test_runner_workers_share_batches_by_file_name_and_stay_seeded(num_workers, runner):
+    """The ``worker_init_fn`` that TrainLoop gives the dataloader config, built by either runner."""
     import mmengine.runner
 
-    from mmllava.engine import compat
+    from mmllava.engine.loops import with_worker_init
 
-    compat.apply()
     main_strategy = torch.multiprocessing.get_sharing_strategy()
-    loader = getattr(mmengine.runner, runner).build_dataloader(dict(batch_size=1, num_workers=num_workers, dataset=dict(type=_SharingStrategy),
-                                          sampler=dict(type='DefaultSampler', shuffle=False),
-                                          collate_fn=dict(type='default_collate')), seed=7)
+    dataloader = dict(batch_size=1, num_workers=num_workers, dataset=dict(type=_SharingStrategy),
+                      sampler=dict(type='DefaultSampler', shuffle=False), collate_fn=dict(type='default_collate'))
+    loader = getattr(mmengine.runner, runner).build_dataloader(with_worker_init(dataloader, seed=7, rank=0), seed=7)
     batches = list(loader)
     assert [b['strategy'][0] for b in batches] == ['file_system', 'file_system']
     # mmengine's seeding still runs first: worker i of rank 0 starts from seed + i
     assert sorted({int(b['seed']) for b in batches}) == [7 + i for i in range(num_workers)]
     assert torch.equal(torch.cat([b['x'] for b in batches]), torch.tensor([[0.] * 3, [1.] * 3]))
     assert torch.multiprocessing.get_sharing_strategy() == main_strategy
+
+
+def test_a_configs_own_worker_init_and_an_unseeded_run_are_left_alone():
+    from mmllava.engine.loops import with_worker_init
+
+    own = dict(num_workers=2, worker_init_fn=dict(type='mine'))
+    assert with_worker_init(own, seed=7, rank=0) is own
+    unseeded = dict(num_workers=2)
+    assert with_worker_init(unseeded, seed=None, rank=0) is unseeded
+    quiet = dict(num_workers=2, disable_subprocess_warning=True)
+    assert with_worker_init(quiet, seed=7, rank=1) == dict(
+        num_workers=2, worker_init_fn=dict(type='mmllava_seeded_worker_init_sharing_by_name', num_workers=2,
+                                           rank=1, seed=7, disable_subprocess_warning=True))

@@ -8,7 +8,7 @@ import pytest
 
 from engine_toy import read_losses, run_train, write_toy_config
 from mmllava.cli import main
-from mmllava.engine.compat import scheduler_boundary_iters
+from mmllava.engine.schedule import scheduler_boundary_iters
 
 
 def test_user_error_is_one_line_exit_1_and_cfg_options_reach_derived_fields(tmp_path):

@@ -123,15 +123,18 @@ class BareLoop:
         from mmengine.runner import Runner
 
         from mmllava.engine import compat
+        from mmllava.engine.loops import with_worker_init
 
-        compat.apply()  # the runner's dataloader fixes, so both loops get their batches the same way
+        compat.apply()
         # Prepared as for the runner (e.g. the CPU optimizer wrapper); nothing is written to a work dir.
         cfg = runner_config(cfg, steps, warmup, work_dir=tempfile.gettempdir(), deepspeed=deepspeed)
         seed = (cfg.get('randomness') or {}).get('seed', 0)
         torch.manual_seed(seed)
         self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
         self.model = build(copy.deepcopy(cfg.model)).to(self.device).train()
-        loader = Runner.build_dataloader(copy.deepcopy(cfg.train_dataloader), seed=seed)
+        # the runner's worker init (TrainLoop), so both loops get their batches the same way
+        loader = Runner.build_dataloader(with_worker_init(copy.deepcopy(cfg.train_dataloader), seed, rank=0),
+                                         seed=seed)
         wrapper = cfg.optim_wrapper
         optimizer = build({**copy.deepcopy(wrapper.optimizer),
                            'params': [p for p in self.model.parameters() if p.requires_grad]})
@@ -228,10 +231,13 @@ def _deepspeed_step(model, optimizer, ds_config: dict):
 
 def _schedulers(scheduler_cfgs, optimizer, epoch_length: int) -> list:
     """The config's ``param_scheduler`` on ``optimizer``, built as the runner builds them (epoch-based
-    phases converted to iterations of ``epoch_length``)."""
+    phases converted to iterations of ``epoch_length``, on the runner's boundaries)."""
     from mmengine.registry import PARAM_SCHEDULERS
+
+    from mmllava.engine.schedule import exact_boundaries
 
     if isinstance(scheduler_cfgs, dict):
         scheduler_cfgs = [scheduler_cfgs]
+    scheduler_cfgs = exact_boundaries(scheduler_cfgs, epoch_length)
     return [PARAM_SCHEDULERS.build(copy.deepcopy(c), default_args=dict(optimizer=optimizer, epoch_length=epoch_length))
             for c in scheduler_cfgs or []]

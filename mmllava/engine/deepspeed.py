@@ -69,13 +69,31 @@ def resolve_deepspeed_config(name_or_path: str, cfg) -> dict:
     return ds
 
 
+ONEBIT_MODULE = 'deepspeed.runtime.fp16.onebit'
+
+
+def register_deepspeed_optimizers() -> list[str]:
+    """What mmengine's ``register_deepspeed_optimizers`` registers, minus the 1-bit optimizers
+    DeepSpeed 0.19 removed: configs can still name ``FusedAdam``, ``FusedLamb``, ``DeepSpeedCPUAdam``."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
+    from deepspeed.ops.lamb import FusedLamb
+    from mmengine.registry import OPTIMIZERS
+
+    for cls in (DeepSpeedCPUAdam, FusedAdam, FusedLamb):
+        if OPTIMIZERS.get(cls.__name__) is None:
+            OPTIMIZERS.register_module(module=cls)
+    return ['DeepSpeedCPUAdam', 'FusedAdam', 'FusedLamb']
+
+
 class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
     """mmengine's DeepSpeed strategy, working with DeepSpeed 0.19, on CPU, with safe, hooked checkpoints.
 
     (The class keeps mmengine's name: ``FlexibleRunner`` recognises DeepSpeed strategies by it.)
-    - construction: ``compat.apply()`` first (mmengine imports the removed ``onebit`` optimizers);
-      ZeRO-3 keeps a ``HfDeepSpeedConfig`` alive so transformers builds partitioned models;
-    - distributed init: gloo and no CUDA calls without CUDA (``compat``);
+    - construction: ``compat.apply()`` first; mmengine's constructor fails at its last step, on the
+      1-bit optimizers DeepSpeed 0.19 removed: the others are registered instead; ZeRO-3 keeps a
+      ``HfDeepSpeedConfig`` alive so transformers builds partitioned models;
+    - schedules: epoch-based phases begin and end on whole iterations (``engine.schedule``);
+    - distributed init without CUDA: ``launch.init_cpu_process_group`` starts it before the runner;
     - checkpoints: DeepSpeed's checkpoint engine unpickles everything (``weights_only=False``):
       it is replaced by ``safe_torch_load``; mmengine skips the ``before_save_checkpoint`` and
       ``after_load_checkpoint`` hooks under DeepSpeed: they are called; ``load_from`` also takes
@@ -88,16 +106,27 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
         compat.apply()
         if isinstance(kwargs.get('config'), dict):  # a ConfigDict would be pickled into every checkpoint
             kwargs['config'] = json.loads(json.dumps(kwargs['config']))
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except ModuleNotFoundError as error:
+            # mmengine's constructor ends with register_deepspeed_optimizers(), which imports the
+            # 1-bit optimizers that DeepSpeed 0.19 removed (docs/mmengine_compat.md)
+            if error.name != ONEBIT_MODULE:
+                raise
+            register_deepspeed_optimizers()
         if self.config.get('zero_optimization', {}).get('stage') == 3:
             from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
             self.hf_deepspeed_config = HfDeepSpeedConfig(self.config)
 
-    def _setup_distributed(self, launcher=None, backend='nccl', **kwargs):
-        from mmengine.dist import init_dist
+    def build_param_scheduler(self, scheduler, optim_wrapper, default_args=None):
+        """mmengine's, on the config's phases with whole-iteration boundaries (``engine.schedule``)."""
+        from mmllava.engine.schedule import exact_boundaries
 
-        init_dist(launcher, backend if torch.cuda.is_available() else 'gloo', init_backend='deepspeed', **kwargs)
+        if 'epoch_length' in self.dispatch_kwargs:
+            scheduler = exact_boundaries(scheduler, self.dispatch_kwargs['epoch_length'],
+                                         self.dispatch_kwargs.get('max_epochs'))
+        return super().build_param_scheduler(scheduler, optim_wrapper, default_args)
 
     def _wrap_model(self, model):
         wrapper = super()._wrap_model(model)

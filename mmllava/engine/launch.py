@@ -39,6 +39,42 @@ def slurm_env(port: int | None = None) -> dict[str, str]:
             'MASTER_PORT': str(port or os.environ.get('MASTER_PORT', 29500))}
 
 
+def init_cpu_process_group(launcher: str, env_cfg: dict | None, deepspeed: bool) -> None:
+    """Without CUDA, start the process group of a ``pytorch`` or ``slurm`` launch before the runner:
+    gloo, whatever backend ``env_cfg.dist_cfg`` names, and no device call.
+
+    mmengine's ``init_dist`` calls ``torch.cuda.set_device`` (AttributeError on a CPU build) and
+    uses the config's ``nccl``; its runner and strategies skip ``init_dist`` when the group
+    exists. ``deepspeed``: through ``deepspeed.init_distributed``, as mmengine's DeepSpeed
+    strategy starts it. Other launchers (``none``, ``mpi``) are left to mmengine.
+    """
+    import datetime
+
+    import torch
+
+    if torch.cuda.is_available() or launcher not in ('pytorch', 'slurm'):
+        return
+    if torch.distributed.is_initialized():
+        return
+    dist_cfg = dict((env_cfg or {}).get('dist_cfg') or {})
+    backend = dist_cfg.pop('backend', 'nccl')
+    port = dist_cfg.pop('port', None)
+    if dist_cfg.get('timeout') is not None:  # seconds in the config, as mmengine's init_dist reads it
+        dist_cfg['timeout'] = datetime.timedelta(seconds=dist_cfg['timeout'])
+    if launcher == 'slurm':
+        os.environ.update(slurm_env(port))
+    if backend != 'gloo':
+        from mmengine.logging import print_log
+
+        print_log(f'no CUDA device: using the gloo backend instead of {backend}', logger='current')
+    if deepspeed:
+        import deepspeed as ds
+
+        ds.init_distributed(dist_backend='gloo', **dist_cfg)
+    else:
+        torch.distributed.init_process_group(backend='gloo', **dist_cfg)
+
+
 def _int_env(name: str, default: int) -> int:
     from mmllava.errors import MMLLaVAError
 

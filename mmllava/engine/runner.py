@@ -2,8 +2,8 @@
 
 ``prepare_config`` rewrites an XTuner-style config for this process (work dir, seed, resume,
 DeepSpeed, CPU fallbacks, crash-safe checkpoints, logging hooks, TensorBoard);
-``build_runner`` applies the compatibility layer and builds ``Runner`` or, under DeepSpeed,
-``FlexibleRunner``.
+``build_runner`` applies the compatibility layer (``compat``) and builds ``plain_runner.Runner``
+or, under DeepSpeed, ``FlexibleRunner``, through their constructors.
 """
 from __future__ import annotations
 
@@ -142,13 +142,17 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
 
 
 def build_runner(cfg, verbose: bool = False):
-    """Build the mmengine runner for a config from ``prepare_config``. The terminal gets the train
-    console (``mmllava.engine.console``); ``verbose`` shows the log file's whole content there too."""
-    from mmengine.runner import FlexibleRunner, Runner
+    """Build the mmengine runner for a config from ``prepare_config``: ``plain_runner.Runner``
+    (mmengine's, with checked checkpoint loading and whole-iteration schedule phases) or, under
+    DeepSpeed, mmengine's ``FlexibleRunner``. The terminal gets the train console
+    (``mmllava.engine.console``); ``verbose`` shows the log file's whole content there too."""
+    from mmengine.runner import FlexibleRunner
 
     from mmllava.config import build
     from mmllava.engine import compat, console
+    from mmllava.engine.launch import init_cpu_process_group
     from mmllava.engine.machine import format_machine_facts, machine_facts
+    from mmllava.engine.plain_runner import Runner
 
     compat.apply()
     console.install(verbose)
@@ -159,12 +163,28 @@ def build_runner(cfg, verbose: bool = False):
     # The dataset is built (tokenised and checked) before the model, so bad data stops the run in
     # seconds with `FILE:INDEX: reason` instead of after minutes of loading weights.
     dataset = build(cfg.train_dataloader.dataset)
-    runner = runner_cls.from_cfg(cfg)
-    runner._train_dataloader['dataset'] = dataset
+    init_cpu_process_group(cfg.get('launcher', 'none'), cfg.get('env_cfg'), deepspeed=runner_cls is FlexibleRunner)
+    runner = runner_cls(**_runner_arguments(runner_cls, cfg, dataset))
     # first in the work dir's log: a result that differs on another machine is matched to its kind
     runner.logger.info(format_machine_facts(machine_facts()))
     _dump_user_config(cfg, runner.work_dir)
     return runner
+
+
+def _runner_arguments(runner_cls, cfg, dataset) -> dict:
+    """The runner's constructor arguments, as ``runner_cls.from_cfg(cfg)`` passes them, with the
+    built ``dataset`` in ``train_dataloader`` (mmengine's ``build_dataloader`` takes a dataset
+    object there). The config itself keeps the dataset's settings: mmengine dumps it to the work
+    dir. Keys the config lacks take the constructor's defaults (``from_cfg`` passes the same ones,
+    but for FlexibleRunner's ``env_cfg``, which it passes as None: the shipped configs all set it;
+    and FlexibleRunner's ``compile``, which its ``from_cfg`` drops, is passed when a config sets it)."""
+    import inspect
+
+    cfg = copy.deepcopy(cfg)  # as from_cfg: the runner builds hooks and the rest from these dicts
+    parameters = inspect.signature(runner_cls.__init__).parameters
+    arguments = {name: cfg[name] for name in parameters if name not in ('self', 'cfg') and name in cfg}
+    arguments['train_dataloader'] = {**cfg.train_dataloader, 'dataset': dataset}
+    return {**arguments, 'cfg': cfg}
 
 
 def _dump_user_config(cfg, work_dir: str) -> None:
