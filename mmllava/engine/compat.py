@@ -7,7 +7,6 @@ functions of the config, applied by ``runner.py``.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -197,26 +196,3 @@ def seeded_worker_init_sharing_by_name(worker_id: int, num_workers: int, rank: i
 
     worker_init_fn(worker_id, num_workers, rank, seed, disable_subprocess_warning)
     torch.multiprocessing.set_sharing_strategy('file_system')
-
-
-# --- config-level fixes -----------------------------------------------------------------------
-def cpu_optim_wrapper(optim_wrapper):
-    """``AmpOptimWrapper`` asserts a CUDA/NPU/MLU device: on CPU use ``OptimWrapper`` (fp32 math;
-    the model keeps whatever dtype it was built in). Returns a copy; other wrappers pass through."""
-    wrapper_type = optim_wrapper.get('type')
-    name = wrapper_type if isinstance(wrapper_type, str) else getattr(wrapper_type, '__name__', '')
-    if name != 'AmpOptimWrapper':
-        return optim_wrapper
-    converted = copy.deepcopy(optim_wrapper)  # a deep copy keeps the config's lazy imports unbuilt
-    for key in ('loss_scale', 'dtype', 'use_fsdp'):
-        converted.pop(key, None)
-    converted['type'] = 'OptimWrapper'
-    log('no CUDA device: AmpOptimWrapper -> OptimWrapper (fp32)')
-    return converted
-
-
-def cpu_ddp_wrapper(find_unused_parameters: bool = False) -> dict:
-    """mmengine wraps a distributed model in DDP with ``device_ids=[LOCAL_RANK]``, which DDP rejects
-    for CPU modules; ``device_ids=None`` is the CPU form."""
-    return dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-                find_unused_parameters=find_unused_parameters)
