@@ -187,14 +187,22 @@ def rewrite_assignments(source: str, values: dict[str, Any]) -> str:
 
 
 BASE_CONFIG = 'base_config'
+SHARED_OVERRIDES = 'shared_overrides'
+
+
+def _string_constant(tree: ast.Module, name: str) -> ast.Assign | None:
+    """The top-level ``name = 'text'`` (or ``name = ['text', ...]``) line of ``tree``, if any."""
+    node = next(iter(_top_level_assignments(tree).get(name, [])), None)
+    if node is None:
+        return None
+    items = node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) else [node.value]
+    return node if all(isinstance(i, ast.Constant) and isinstance(i.value, str) for i in items) else None
 
 
 def _base_config(tree: ast.Module) -> ast.Assign | None:
     """The ``base_config = 'NAME'`` line of an override config; None for a standalone config."""
-    node = next(iter(_top_level_assignments(tree).get(BASE_CONFIG, [])), None)
-    if node is not None and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-        return node
-    return None
+    node = _string_constant(tree, BASE_CONFIG)
+    return node if node is not None and isinstance(node.value, ast.Constant) else None
 
 
 def _find_base(node: ast.Assign, path: Path) -> Path:
@@ -222,6 +230,32 @@ def _header(source: str) -> str:
     return '\n'.join(lines[:count])
 
 
+def _override_values(path: Path, source: str, tree: ast.Module, base: ConfigSource, base_name: str,
+                     skip: tuple[ast.AST, ...]) -> dict[str, _Value]:
+    """The ``NAME = expression`` lines of an override file (``skip``: its own settings lines), checked
+    against the base: each NAME must be a top-level variable of it, imports must be ones it has."""
+    base_tree = ast.parse(base.text)
+    base_assigns = _top_level_assignments(base_tree)
+    base_imports = {ast.dump(n) for n in base_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    values: dict[str, _Value] = {}
+    for node in tree.body:
+        if node in skip or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            continue  # base_config / shared_overrides, a docstring
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and ast.dump(node) in base_imports:
+            continue  # for readers and linters: the expressions run in the base's namespace
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise MMLLaVAError(f'{path}:{node.lineno}: an override holds only `NAME = value` lines (and imports '
+                               f'its base has): re-assignments of variables of {base_name}')
+        name = node.targets[0].id
+        if name not in base_assigns:
+            raise MMLLaVAError(f'{path}:{node.lineno}: {base_name} has no variable named {name!r} to re-assign')
+        if name in values:
+            raise MMLLaVAError(f'{path}:{node.lineno}: {name} is re-assigned twice')
+        values[name] = _Value(ast.get_source_segment(source, node.value), (str(path), node.value.lineno),
+                              _comment(source, node))
+    return values
+
+
 def config_source(path: Path, _seen: tuple[Path, ...] = ()) -> ConfigSource:
     """The Python text that runs for the config file ``path``.
 
@@ -230,7 +264,9 @@ def config_source(path: Path, _seen: tuple[Path, ...] = ()) -> ConfigSource:
     top-level variables (``NAME = expression``); it runs as the base's source with those values in
     place, each expression evaluated where the base assigns the variable (in the base's namespace,
     so ``torch.float32`` or ``data_root + 'x.json'`` work and derived fields follow), under the
-    override's comment header. That text is also what ``copy_config`` writes."""
+    override's comment header. Re-assignments several overrides share can live in files of such
+    lines that each names (``shared_overrides = ['FILE', ...]``, paths from its folder); they apply
+    first, the override's own lines after. That text is also what ``copy_config`` writes."""
     source = path.read_text(encoding='utf-8')
     tree = _parse(source, path)
     base_node = _base_config(tree)
@@ -240,36 +276,31 @@ def config_source(path: Path, _seen: tuple[Path, ...] = ()) -> ConfigSource:
     if base_path in _seen + (path,):
         raise MMLLaVAError(f'{path}:{base_node.lineno}: {BASE_CONFIG}: {base_path} is based on this config')
     base = config_source(base_path, _seen + (path,))
-    base_assigns = _top_level_assignments(ast.parse(base.text))
-    base_imports = {ast.dump(n) for n in ast.parse(base.text).body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    shared_node = _string_constant(tree, SHARED_OVERRIDES)
     values: dict[str, _Value] = {}
-    for node in tree.body:
-        if node is base_node or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
-            continue  # the base line, a docstring
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and ast.dump(node) in base_imports:
-            continue  # for readers and linters: the expressions run in the base's namespace
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise MMLLaVAError(f'{path}:{node.lineno}: an override config holds only `NAME = value` lines (and '
-                               f'imports its base has): re-assignments of variables of {base_path.stem}')
-        name = node.targets[0].id
-        if name not in base_assigns:
-            raise MMLLaVAError(f'{path}:{node.lineno}: {base_path.stem} has no variable named {name!r} to re-assign')
-        if name in values:
-            raise MMLLaVAError(f'{path}:{node.lineno}: {name} is re-assigned twice')
-        values[name] = _Value(ast.get_source_segment(source, node.value), (str(path), node.value.lineno),
-                              _comment(source, node))
+    shared = []
+    if shared_node is not None:
+        items = shared_node.value.elts if isinstance(shared_node.value, (ast.List, ast.Tuple)) else [shared_node.value]
+        for item in items:
+            shared_path = (path.parent / item.value).resolve()
+            if not shared_path.is_file():
+                raise MMLLaVAError(f'{path}:{shared_node.lineno}: {SHARED_OVERRIDES}: no file {shared_path}')
+            shared_source = shared_path.read_text(encoding='utf-8')
+            values.update(_override_values(shared_path, shared_source, _parse(shared_source, shared_path), base,
+                                           base_path.stem, ()))
+            shared.append(item.value)
+    values.update(_override_values(path, source, tree, base, base_path.stem, (base_node, shared_node)))
     flat = _reassign(base, values)
     # the override's header (what this config is) instead of the base's (how to edit the base)
     header = _header(source)
-    header_lines = [header] if header else []
-    body_start = len(_header(base.text).split('\n')) if _header(base.text) else 0
+    base_header = _header(base.text)
+    body_start = len(base_header.split('\n')) if base_header else 0
     body = flat.text.split('\n')[body_start:]
-    note = (f'# Written out from {BASE_CONFIG} = {base_node.value.value!r} and the values {path.name} '
-            're-assigns in it; a standalone config.')
-    text = '\n'.join(header_lines + [note] + body)
-    origins = ([(str(path), n) for n in range(1, len(header.split('\n')) + 1)] if header else []) \
-        + [(str(path), base_node.lineno)] + flat.origins[body_start:]
-    return ConfigSource(text, origins)
+    note = (f'# Written out from {BASE_CONFIG} = {base_node.value.value!r} with the values that {path.name}'
+            + (f' and {", ".join(shared)}' if shared else '') + ' re-assign in it.')
+    header_lines = header.split('\n') if header else []
+    origins = [(str(path), n) for n in range(1, len(header_lines) + 1)] + [(str(path), base_node.lineno)]
+    return ConfigSource('\n'.join(header_lines + [note] + body), origins + flat.origins[body_start:])
 
 
 EMBEDDED_PATH = re.compile(r'\{\{tiny_models\}\}/(\w+)|\{\{tiny_data\}\}')

@@ -40,12 +40,11 @@ max_dynamic_patch = 6  # tiles per image at most (+ a thumbnail); InternVL2-2B's
 # Scheduler & Optimizer
 batch_size = 4  # per device
 accumulative_counts = 2
-dataloader_num_workers = 4
+dataloader_num_workers = 4  # per device
 pin_memory = True  # page-locked batches copy faster to the GPU
 max_epochs = 10
 optim_type = AdamW
-# official 1024 -> 4e-5
-lr = 3e-5
+lr = 3e-5  # InternVL's own recipe: 4e-5 for a global batch of 1024
 betas = (0.9, 0.999)
 weight_decay = 0.05
 max_norm = 1  # grad clip

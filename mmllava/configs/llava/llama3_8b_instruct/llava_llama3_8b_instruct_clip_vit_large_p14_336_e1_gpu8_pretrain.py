@@ -35,7 +35,7 @@ pad_image_to_square = False  # pad to a square in the image mean colour before r
 # Scheduler & Optimizer
 batch_size = 32  # per device
 accumulative_counts = 1
-dataloader_num_workers = 4
+dataloader_num_workers = 4  # per device
 pin_memory = True  # page-locked batches copy faster to the GPU
 max_epochs = 1
 optim_type = AdamW
@@ -152,7 +152,9 @@ env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv
 # the loss and lr curves in WORK_DIR/TIMESTAMP/vis_data, for TensorBoard
 visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])
 log_level = 'INFO'
+# load from which checkpoint (an iter_N.pth of this run)
 load_from = None
+# whether to resume training from the loaded checkpoint
 resume = False
 randomness = dict(seed=None, deterministic=False)
 log_processor = dict(by_epoch=False)

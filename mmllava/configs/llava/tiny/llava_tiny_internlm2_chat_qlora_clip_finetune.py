@@ -1,35 +1,12 @@
 # Tiny CPU counterpart of the fine-tune of the XTuner LLaVA-InternLM2 tutorial: the tiny InternLM2-format LLM
 # (QLoRA, NF4 on CPU) + tiny CLIP (LoRA) fine-tuned on the shipped synthetic shapes data, starting
 # from the projector of llava_tiny_internlm2_chat_clip_pretrain.
-# It is the config `base_config` names with the variables below re-assigned in its source, as
-# --cfg-options does, so derived fields follow; `mmllava copy-cfg` writes it out as one standalone config.
-# {{tiny_models}} and {{tiny_data}}: the tiny models and the synthetic data, built on first use into
-# mmllava's cache folder. Other paths are taken from the current folder.
-import torch
+# It is the config `base_config` names with the variables below re-assigned in its source (the files in
+# `shared_overrides` first), as --cfg-options does, so derived fields follow; `mmllava copy-cfg` writes it
+# out as one standalone config. {{tiny_models}}/NAME: a tiny model, built on first use into mmllava's cache.
 
 base_config = 'llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune'
+shared_overrides = ['../../_tiny_cpu.py', '_finetune.py', '_qlora_finetune.py']
 
 llm_name_or_path = '{{tiny_models}}/internlm2_chat'
-visual_encoder_name_or_path = '{{tiny_models}}/clip_vit'
 pretrained_pth = './work_dirs/llava_tiny_internlm2_chat_clip_pretrain'  # a work dir means its last checkpoint
-torch_dtype = torch.float32
-use_activation_checkpointing = False
-data_root = '{{tiny_data}}/'
-data_path = data_root + 'finetune.json'
-image_folder = data_root + 'images'
-max_length = 256
-pad_image_to_square = False
-batch_size = 8
-dataloader_num_workers = 1  # one worker hides image decoding (docs/benchmarks.md)
-pin_memory = False
-max_epochs = 6
-lr = 5e-3
-save_steps = 50
-evaluation_freq = 50
-evaluation_images = data_root + 'images/eval_0000.png'
-evaluation_inputs = ['What color is the shape?', 'Please describe this picture']
-evaluation_max_new_tokens = 16
-llm_lora_r = 16
-llm_lora_alpha = 32
-visual_encoder_lora_r = 8
-randomness = dict(seed=0, deterministic=False)

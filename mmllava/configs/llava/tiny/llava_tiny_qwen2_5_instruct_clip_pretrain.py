@@ -1,29 +1,11 @@
 # Tiny CPU counterpart of the pretrain of the Qwen2.5-3B LLaVA recipe: the projector between the tiny
 # CLIP and the tiny Qwen2.5-format LLM (both frozen) trained on the captions of the shipped synthetic
 # shapes data.
-# It is the config `base_config` names with the variables below re-assigned in its source, as
-# --cfg-options does, so derived fields follow; `mmllava copy-cfg` writes it out as one standalone config.
-# {{tiny_models}} and {{tiny_data}}: the tiny models and the synthetic data, built on first use into
-# mmllava's cache folder. Other paths are taken from the current folder.
-import torch
+# It is the config `base_config` names with the variables below re-assigned in its source (the files in
+# `shared_overrides` first), as --cfg-options does, so derived fields follow; `mmllava copy-cfg` writes it
+# out as one standalone config. {{tiny_models}}/NAME: a tiny model, built on first use into mmllava's cache.
 
 base_config = 'llava_qwen2_5_3b_instruct_clip_vit_large_p14_336_e1_gpu8_pretrain'
+shared_overrides = ['../../_tiny_cpu.py', '_pretrain.py']
 
 llm_name_or_path = '{{tiny_models}}/qwen2_5_instruct'
-visual_encoder_name_or_path = '{{tiny_models}}/clip_vit'
-torch_dtype = torch.float32
-use_activation_checkpointing = False
-data_root = '{{tiny_data}}/'
-data_path = data_root + 'pretrain.json'
-image_folder = data_root + 'images'
-max_length = 256
-batch_size = 8
-dataloader_num_workers = 1  # one worker hides image decoding (docs/benchmarks.md)
-pin_memory = False
-max_epochs = 3
-save_steps = 50
-evaluation_freq = 50
-evaluation_images = data_root + 'images/eval_0000.png'
-evaluation_inputs = ['Please describe this picture']
-evaluation_max_new_tokens = 16
-randomness = dict(seed=0, deterministic=False)
