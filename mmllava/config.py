@@ -129,13 +129,13 @@ def _parse(source: str, path: Path) -> ast.Module:
 @dataclass
 class ConfigSource:
     """The Python text that runs for a config, and for each of its lines the file and line it comes
-    from (an override config's lines come from two files), so errors name the line the user wrote."""
+    from (an override config's come from several files), so errors name the line the user wrote."""
     text: str
     origins: list[tuple[str, int]]
 
     @classmethod
     def of_file(cls, path: Path, text: str) -> 'ConfigSource':
-        return cls(text, [(str(path), n) for n in range(1, len(text.splitlines()) + 1)])
+        return cls(text, [(str(path), n) for n in range(1, len(text.split('\n')) + 1)])
 
     def where(self, line: int) -> str:
         """``FILE:LINE`` of line ``line`` of ``text``."""
