@@ -296,11 +296,11 @@ def config_source(path: Path, _seen: tuple[Path, ...] = ()) -> ConfigSource:
     base_header = _header(base.text)
     body_start = len(base_header.split('\n')) if base_header else 0
     body = flat.text.split('\n')[body_start:]
-    note = (f'# Written out from {BASE_CONFIG} = {base_node.value.value!r} with the values that {path.name}'
-            + (f' and {", ".join(shared)}' if shared else '') + ' re-assign in it.')
+    note = [f'# Written out from {BASE_CONFIG} = {base_node.value.value!r}',
+            f'# with the values of {", ".join(shared + [path.name])} re-assigned in it.']
     header_lines = header.split('\n') if header else []
-    origins = [(str(path), n) for n in range(1, len(header_lines) + 1)] + [(str(path), base_node.lineno)]
-    return ConfigSource('\n'.join(header_lines + [note] + body), origins + flat.origins[body_start:])
+    origins = [(str(path), n) for n in range(1, len(header_lines) + 1)] + [(str(path), base_node.lineno)] * 2
+    return ConfigSource('\n'.join(header_lines + note + body), origins + flat.origins[body_start:])
 
 
 EMBEDDED_PATH = re.compile(r'\{\{tiny_models\}\}/(\w+)|\{\{tiny_data\}\}')

@@ -225,9 +225,8 @@ def test_copying_an_override_writes_the_flattened_standalone_config(tmp_path):
     ''')
     dst = copy_config(str(path), tmp_path / 'out')
     text = dst.read_text()
-    assert text.splitlines()[:2] == [
-        '# a smaller one',
-        "# Written out from base_config = 'base.py' with the values that small.py re-assign in it."]
+    assert text.splitlines()[:3] == ['# a smaller one', "# Written out from base_config = 'base.py'",
+                                     '# with the values of small.py re-assigned in it.']
     assert "size = 1  # one\n" in text and "data_root = '{{tiny_data}}/'\n" in text  # placeholders as written
     assert not any(line.startswith('base_config') for line in text.splitlines()) and '# the base' not in text
     assert load_config(dst).to_dict() == load_config(path).to_dict()

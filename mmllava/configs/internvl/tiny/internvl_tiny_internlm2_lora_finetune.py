@@ -1,8 +1,8 @@
 # Tiny CPU counterpart of the InternVL2-2B food fine-tune: the tiny official-layout InternVL2 (InternViT
 # 56 px tiles, 16 tokens each, InternLM2 LLM) LoRA-fine-tuned on the shipped synthetic shapes data.
-# It is the config `base_config` names with the variables below re-assigned in its source (the files in
-# `shared_overrides` first), as --cfg-options does, so derived fields follow; `mmllava copy-cfg` writes it
-# out as one standalone config. {{tiny_models}}/NAME: a tiny model, built on first use into mmllava's cache.
+# An override: the config `base_config` names, with the variables below (after those of the files in
+# `shared_overrides`) re-assigned in its source as --cfg-options does, so derived fields follow.
+# {{tiny_models}}/NAME: a tiny model, built on first use into mmllava's cache folder.
 
 base_config = 'internvl_v2_internlm2_2b_lora_finetune_food'
 shared_overrides = ['../../_tiny_cpu.py']

@@ -1,9 +1,9 @@
 # Tiny CPU counterpart of the fine-tune of the XTuner LLaVA-InternLM2 tutorial: the tiny InternLM2-format LLM
 # (QLoRA, NF4 on CPU) + tiny CLIP (LoRA) fine-tuned on the shipped synthetic shapes data, starting
 # from the projector of llava_tiny_internlm2_chat_clip_pretrain.
-# It is the config `base_config` names with the variables below re-assigned in its source (the files in
-# `shared_overrides` first), as --cfg-options does, so derived fields follow; `mmllava copy-cfg` writes it
-# out as one standalone config. {{tiny_models}}/NAME: a tiny model, built on first use into mmllava's cache.
+# An override: the config `base_config` names, with the variables below (after those of the files in
+# `shared_overrides`) re-assigned in its source as --cfg-options does, so derived fields follow.
+# {{tiny_models}}/NAME: a tiny model, built on first use into mmllava's cache folder.
 
 base_config = 'llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune'
 shared_overrides = ['../../_tiny_cpu.py', '_finetune.py', '_qlora_finetune.py']
