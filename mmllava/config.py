@@ -4,6 +4,8 @@ Configs are mmengine pure-Python files in XTuner's five parts. ``--cfg-options``
 variable (``llm_name_or_path=/models/x``) re-assigns that variable *in the config source* before it
 is executed, so every field derived from it (``model.llm.path``, ``data_path = data_root + ...``)
 follows. Dotted keys (``model.freeze_llm=False``) are merged into the loaded config afterwards.
+An override config (the tiny ones) names the config it changes (``base_config = 'NAME'``) and
+re-assigns some of its variables the same way, in the source (``config_source``).
 
 Paths in configs are taken from the current folder, except the embedded default's: a string that
 holds ``{{tiny_models}}/NAME`` or ``{{tiny_data}}`` gets the absolute path of the tiny model NAME or
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -63,12 +66,19 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
 
 
 def copy_config(name_or_path: str, save_dir: str | os.PathLike) -> Path:
-    """Copy a config to ``SAVE_DIR/<name>_copy.py`` (XTuner's naming) and return the new path."""
+    """Copy a config to ``SAVE_DIR/<name>_copy.py`` (XTuner's naming) and return the new path.
+
+    An override config (``base_config = ...``, as the tiny ones) is written flattened: its base with
+    the override's values in place, one standalone file that loads to the same config."""
     src = find_config(name_or_path)
     save_dir = Path(save_dir).expanduser().resolve()  # shown whole
     save_dir.mkdir(parents=True, exist_ok=True)
     dst = save_dir / (src.stem + CONFIG_SUFFIX)
-    shutil.copyfile(src, dst)
+    source = src.read_text(encoding='utf-8')
+    if _base_config(_parse(source, src)) is None:
+        shutil.copyfile(src, dst)
+    else:
+        dst.write_text(config_source(src).text, encoding='utf-8')
     return dst
 
 
@@ -109,29 +119,188 @@ def _top_level_assignments(tree: ast.Module) -> dict[str, list[ast.Assign]]:
     return assigns
 
 
-def _offset(lines: list[str], lineno: int, col: int) -> int:
-    # ast columns are UTF-8 byte offsets.
-    return sum(len(line.encode()) for line in lines[:lineno - 1]) + col
+def _parse(source: str, path: Path) -> ast.Module:
+    try:
+        return ast.parse(source, filename=str(path))
+    except SyntaxError as e:
+        raise MMLLaVAError(f'{path}:{e.lineno}: syntax error in config: {e.msg}') from None
+
+
+@dataclass
+class ConfigSource:
+    """The Python text that runs for a config, and for each of its lines the file and line it comes
+    from (an override config's come from several files), so errors name the line the user wrote."""
+    text: str
+    origins: list[tuple[str, int]]
+
+    @classmethod
+    def of_file(cls, path: Path, text: str) -> 'ConfigSource':
+        return cls(text, [(str(path), n) for n in range(1, len(text.split('\n')) + 1)])
+
+    def where(self, line: int) -> str:
+        """``FILE:LINE`` of line ``line`` of ``text``."""
+        path, origin = self.origins[min(line, len(self.origins)) - 1]
+        return f'{path}:{origin}'
+
+
+@dataclass
+class _Value:
+    """The new value of a top-level variable: Python source text, where it was written (None: an
+    option, whose line stays the config's), and the comment that replaces the config's (None: keep)."""
+    text: str
+    origin: tuple[str, int] | None = None
+    comment: str | None = None
+
+
+def _reassign(source: ConfigSource, values: dict[str, _Value]) -> ConfigSource:
+    """``source`` with the value of every top-level assignment of ``values``' keys replaced by theirs;
+    everything else is kept byte for byte."""
+    assigns = _top_level_assignments(ast.parse(source.text))
+    lines = source.text.split('\n')
+    edits = sorted(((node.value, values[key]) for key in values for node in assigns[key]),
+                   key=lambda edit: (edit[0].lineno, edit[0].col_offset))
+    out, origins, done = [], [], 0
+    for node, value in edits:
+        first, last = node.lineno - 1, node.end_lineno - 1
+        out += lines[done:first]
+        origins += source.origins[done:first]
+        head = lines[first].encode()[:node.col_offset].decode()  # ast columns are UTF-8 byte offsets
+        tail = lines[last].encode()[node.end_col_offset:].decode()
+        if value.comment is not None:
+            tail = f'  {value.comment}'
+        new = value.text.split('\n')
+        new[0] = head + new[0]
+        new[-1] += tail
+        out += new
+        if value.origin is None:
+            origins += [source.origins[first]] * len(new)
+        else:
+            origins += [(value.origin[0], value.origin[1] + i) for i in range(len(new))]
+        done = last + 1
+    return ConfigSource('\n'.join(out + lines[done:]), origins + source.origins[done:])
 
 
 def rewrite_assignments(source: str, values: dict[str, Any]) -> str:
     """Return ``source`` with the top-level assignments of ``values``' keys replaced by the values."""
-    tree = ast.parse(source)
-    assigns = _top_level_assignments(tree)
-    lines = source.splitlines(keepends=True)
-    data = source.encode()
-    edits = []
-    for key, value in values.items():
-        for node in assigns[key]:
-            start = _offset(lines, node.value.lineno, node.value.col_offset)
-            end = _offset(lines, node.value.end_lineno, node.value.end_col_offset)
-            text = repr(value)
-            if node.value.end_lineno > node.value.lineno:  # keep the lines below where they were
-                text = f'({text}' + '\n' * (node.value.end_lineno - node.value.lineno) + ')'
-            edits.append((start, end, text.encode()))
-    for start, end, text in sorted(edits, reverse=True):
-        data = data[:start] + text + data[end:]
-    return data.decode()
+    return _reassign(ConfigSource.of_file(Path('config'), source),
+                     {key: _Value(repr(value)) for key, value in values.items()}).text
+
+
+BASE_CONFIG = 'base_config'
+SHARED_OVERRIDES = 'shared_overrides'
+
+
+def _string_constant(tree: ast.Module, name: str) -> ast.Assign | None:
+    """The top-level ``name = 'text'`` (or ``name = ['text', ...]``) line of ``tree``, if any."""
+    node = next(iter(_top_level_assignments(tree).get(name, [])), None)
+    if node is None:
+        return None
+    items = node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) else [node.value]
+    return node if all(isinstance(i, ast.Constant) and isinstance(i.value, str) for i in items) else None
+
+
+def _base_config(tree: ast.Module) -> ast.Assign | None:
+    """The ``base_config = 'NAME'`` line of an override config; None for a standalone config."""
+    node = _string_constant(tree, BASE_CONFIG)
+    return node if node is not None and isinstance(node.value, ast.Constant) else None
+
+
+def _find_base(node: ast.Assign, path: Path) -> Path:
+    """A shipped config's name, or a file path taken from the override file's folder."""
+    name = node.value.value
+    configs = shipped_configs()
+    if name in configs:
+        return configs[name]
+    if (path.parent / name).is_file():
+        return (path.parent / name).resolve()
+    raise MMLLaVAError(f'{path}:{node.lineno}: {BASE_CONFIG}: no shipped config or file named {name!r} '
+                       '(mmllava list-cfg names the shipped ones)')
+
+
+def _comment(source: str, node: ast.AST) -> str | None:
+    """The comment that ends ``node``'s last line, if any."""
+    rest = source.split('\n')[node.end_lineno - 1].encode()[node.end_col_offset:].decode().strip()
+    return rest if rest.startswith('#') else None
+
+
+def _header(source: str) -> str:
+    """The comment lines a config file starts with."""
+    lines = source.split('\n')
+    count = next((i for i, line in enumerate(lines) if not line.startswith('#')), len(lines))
+    return '\n'.join(lines[:count])
+
+
+def _override_values(path: Path, source: str, tree: ast.Module, base: ConfigSource, base_name: str,
+                     skip: tuple[ast.AST, ...]) -> dict[str, _Value]:
+    """The ``NAME = expression`` lines of an override file (``skip``: its own settings lines), checked
+    against the base: each NAME must be a top-level variable of it, imports must be ones it has."""
+    base_tree = ast.parse(base.text)
+    base_assigns = _top_level_assignments(base_tree)
+    base_imports = {ast.dump(n) for n in base_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    values: dict[str, _Value] = {}
+    for node in tree.body:
+        if node in skip or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            continue  # base_config / shared_overrides, a docstring
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and ast.dump(node) in base_imports:
+            continue  # for readers and linters: the expressions run in the base's namespace
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise MMLLaVAError(f'{path}:{node.lineno}: an override holds only `NAME = value` lines (and imports '
+                               f'its base has): re-assignments of variables of {base_name}')
+        name = node.targets[0].id
+        if name not in base_assigns:
+            raise MMLLaVAError(f'{path}:{node.lineno}: {base_name} has no variable named {name!r} to re-assign')
+        if name in values:
+            raise MMLLaVAError(f'{path}:{node.lineno}: {name} is re-assigned twice')
+        values[name] = _Value(ast.get_source_segment(source, node.value), (str(path), node.value.lineno),
+                              _comment(source, node))
+    return values
+
+
+def config_source(path: Path, _seen: tuple[Path, ...] = ()) -> ConfigSource:
+    """The Python text that runs for the config file ``path``.
+
+    A standalone config runs as written. An override config names the config it changes
+    (``base_config = 'NAME'``: a shipped config, or a file next to it) and re-assigns some of its
+    top-level variables (``NAME = expression``); it runs as the base's source with those values in
+    place, each expression evaluated where the base assigns the variable (in the base's namespace,
+    so ``torch.float32`` or ``data_root + 'x.json'`` work and derived fields follow), under the
+    override's comment header. Re-assignments several overrides share can live in files of such
+    lines that each names (``shared_overrides = ['FILE', ...]``, paths from its folder); they apply
+    first, the override's own lines after. That text is also what ``copy_config`` writes."""
+    source = path.read_text(encoding='utf-8')
+    tree = _parse(source, path)
+    base_node = _base_config(tree)
+    if base_node is None:
+        return ConfigSource.of_file(path, source)
+    base_path = _find_base(base_node, path)
+    if base_path in _seen + (path,):
+        raise MMLLaVAError(f'{path}:{base_node.lineno}: {BASE_CONFIG}: {base_path} is based on this config')
+    base = config_source(base_path, _seen + (path,))
+    shared_node = _string_constant(tree, SHARED_OVERRIDES)
+    values: dict[str, _Value] = {}
+    shared = []
+    if shared_node is not None:
+        items = shared_node.value.elts if isinstance(shared_node.value, (ast.List, ast.Tuple)) else [shared_node.value]
+        for item in items:
+            shared_path = (path.parent / item.value).resolve()
+            if not shared_path.is_file():
+                raise MMLLaVAError(f'{path}:{shared_node.lineno}: {SHARED_OVERRIDES}: no file {shared_path}')
+            shared_source = shared_path.read_text(encoding='utf-8')
+            values.update(_override_values(shared_path, shared_source, _parse(shared_source, shared_path), base,
+                                           base_path.stem, ()))
+            shared.append(item.value)
+    values.update(_override_values(path, source, tree, base, base_path.stem, (base_node, shared_node)))
+    flat = _reassign(base, values)
+    # the override's header (what this config is) instead of the base's (how to edit the base)
+    header = _header(source)
+    base_header = _header(base.text)
+    body_start = len(base_header.split('\n')) if base_header else 0
+    body = flat.text.split('\n')[body_start:]
+    note = [f'# Written out from {BASE_CONFIG} = {base_node.value.value!r}',
+            f'# with the values of {", ".join(shared + [path.name])} re-assigned in it.']
+    header_lines = header.split('\n') if header else []
+    origins = [(str(path), n) for n in range(1, len(header_lines) + 1)] + [(str(path), base_node.lineno)] * 2
+    return ConfigSource('\n'.join(header_lines + note + body), origins + flat.origins[body_start:])
 
 
 EMBEDDED_PATH = re.compile(r'\{\{tiny_models\}\}/(\w+)|\{\{tiny_data\}\}')
@@ -165,32 +334,31 @@ def _error_line(error: BaseException, executed: str) -> int | None:
 
 
 def load_config(name_or_path: str | os.PathLike, cfg_options: dict[str, Any] | None = None):
-    """Load a config (path or shipped name) as an mmengine ``Config`` with overrides applied.
+    """Load a config (path or shipped name; standalone or an override, see ``config_source``) as an
+    mmengine ``Config`` with ``--cfg-options`` applied.
 
     A config that fails to run is one ``MMLLaVAError``: ``FILE:LINE: the config failed to load:
-    <Python's message>``."""
+    <Python's message>``, FILE:LINE being where the failing line was written."""
     from mmengine.config import Config
 
     path = find_config(name_or_path)
     cfg_options = dict(cfg_options or {})
-    source = path.read_text(encoding='utf-8')
-    try:
-        assigns = _top_level_assignments(ast.parse(source, filename=str(path)))
-    except SyntaxError as e:
-        raise MMLLaVAError(f'{path}:{e.lineno}: syntax error in config: {e.msg}') from None
+    source = config_source(path)
+    assigns = _top_level_assignments(ast.parse(source.text))
     top = {k: v for k, v in cfg_options.items() if '.' not in k and k in assigns}
     dotted = {k: v for k, v in cfg_options.items() if k not in top}
     for key in dotted:
         if '.' not in key:
             raise MMLLaVAError(f'{path}: --cfg-options {key}: the config has no variable named {key!r}')
-    # Line numbers of the run source are the file's (see rewrite_assignments), so errors name the file.
-    run_source = resolve_embedded_paths(rewrite_assignments(source, top) if top else source)
+    if top:
+        source = _reassign(source, {key: _Value(repr(value)) for key, value in top.items()})
+    run_text = resolve_embedded_paths(source.text)
     executed = str(path)
     try:
-        if run_source != source:
+        if run_text != path.read_text(encoding='utf-8'):
             with tempfile.TemporaryDirectory(prefix='mmllava_cfg_') as tmp:
                 executed = str(Path(tmp) / path.name)
-                Path(executed).write_text(run_source, encoding='utf-8')
+                Path(executed).write_text(run_text, encoding='utf-8')
                 cfg = Config.fromfile(executed)
         else:
             cfg = Config.fromfile(executed)
@@ -198,7 +366,7 @@ def load_config(name_or_path: str | os.PathLike, cfg_options: dict[str, Any] | N
         raise
     except Exception as e:  # a user's config raising while it executes
         line = _error_line(e, executed)
-        where = f'{path}:{line}' if line else str(path)
+        where = source.where(line) if line else str(path)
         raise MMLLaVAError(f'{where}: the config failed to load: {type(e).__name__}: {e}') from None
     if dotted:
         cfg.merge_from_dict(dotted, allow_list_keys=True)

@@ -222,3 +222,91 @@ def test_registry_names_and_other_strings_stay_strings(tmp_path):
     cfg = load_config(path)
     assert cfg.optim_wrapper.type == 'OptimWrapper' and cfg.name == 'torch.float32 is a dtype'
     assert cfg.scope.type == 'nowhere.Missing'
+
+
+BASE = textwrap.dedent('''\
+    # the base: a standalone config
+    root = './'
+    data_root = root + 'data/'
+    data_path = data_root + 'train.json'
+    size = 2
+    area = 3 * size ** 2
+    names = [
+        'a',
+        'b',
+    ]
+    model = dict(size=size, area=area, data=dict(path=data_path))
+''')
+
+
+def _override(tmp_path, text: str, name: str = 'small.py'):
+    (tmp_path / 'base.py').write_text(BASE)
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_an_override_re_assigns_in_the_base_source_so_derived_fields_follow(tmp_path):
+    path = _override(tmp_path, '''\
+        # a smaller one
+        base_config = 'base.py'
+        shared_overrides = ['shared.py']
+
+        data_root = root + 'small/'  # evaluated in the base's namespace
+        names = ['c']
+    ''')
+    (tmp_path / 'shared.py').write_text("size = 10\nnames = ['d']\n")
+    cfg = load_config(path)
+    assert cfg.model.size == 10 and cfg.model.area == 300
+    assert cfg.model.data.path == './small/train.json' and cfg.names == ['c']  # own lines after the shared ones
+    assert 'base_config' not in cfg and 'shared_overrides' not in cfg
+    # --cfg-options apply on top of the override's values
+    cfg = load_config(path, parse_cfg_options(['size=3', 'model.data.path=x.json']))
+    assert cfg.model.area == 27 and cfg.model.data.path == 'x.json'
+
+
+def test_copying_an_override_writes_the_flattened_standalone_config(tmp_path):
+    path = _override(tmp_path, '''\
+        # a smaller one
+        base_config = 'base.py'
+
+        size = 1  # one
+        data_root = '{{tiny_data}}/'
+    ''')
+    dst = copy_config(str(path), tmp_path / 'out')
+    text = dst.read_text()
+    assert text.splitlines()[:3] == ['# a smaller one', "# Written out from base_config = 'base.py'",
+                                     '# with the values of small.py re-assigned in it.']
+    assert "size = 1  # one\n" in text and "data_root = '{{tiny_data}}/'\n" in text  # placeholders as written
+    assert not any(line.startswith('base_config') for line in text.splitlines()) and '# the base' not in text
+    assert load_config(dst).to_dict() == load_config(path).to_dict()
+
+
+@pytest.mark.parametrize('text, line, message', [
+    ("base_config = 'base.py'\nsise = 1\n", 2, "base has no variable named 'sise' to re-assign"),
+    ("base_config = 'base.py'\nimport os\n", 2,
+     'an override holds only `NAME = value` lines (and imports its base has): re-assignments of variables of base'),
+    ("base_config = 'base.py'\nsize = 1\nsize = 2\n", 3, 'size is re-assigned twice'),
+    ("base_config = 'nowhere'\n", 1,
+     "base_config: no shipped config or file named 'nowhere' (mmllava list-cfg names the shipped ones)"),
+    ("base_config = 'base.py'\nsize = (1,\n", 2, "syntax error in config: '(' was never closed"),
+])
+def test_a_wrong_override_is_one_line_naming_its_file_and_line(tmp_path, text, line, message):
+    path = _override(tmp_path, text)
+    with pytest.raises(MMLLaVAError) as e:
+        load_config(path)
+    assert str(e.value) == f'{path}:{line}: {message}'
+
+
+def test_an_override_expression_that_fails_names_the_override_line(tmp_path):
+    path = _override(tmp_path, "base_config = 'base.py'\n\nnames = ['c']\ndata_root = data_rot + 'x'\n")
+    with pytest.raises(MMLLaVAError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}:4: the config failed to load: NameError: name 'data_rot' is not defined"
+    # and a failure in the base's own lines names the base's line
+    (tmp_path / 'shared.py').write_text("size = 'two'\n")  # 3 * 'two' ** 2
+    path.write_text("base_config = 'base.py'\nshared_overrides = 'shared.py'\n")
+    with pytest.raises(MMLLaVAError) as e:
+        load_config(path)
+    assert str(e.value) == (f'{tmp_path / "base.py"}:6: the config failed to load: TypeError: '
+                            "unsupported operand type(s) for ** or pow(): 'str' and 'int'")

@@ -57,3 +57,43 @@ def test_tiny_config_takes_a_training_step(name, tiny_zoo):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+ALL = sorted(shipped_configs())
+TINY_ALL = [name for name in ALL if '_tiny_' in name]
+
+
+@pytest.mark.parametrize('name', TINY_ALL)
+def test_a_tiny_config_is_a_short_override_of_a_real_config(name):
+    """The tests that run a tiny config run the parts 2-5 of the real config users copy."""
+    import ast
+
+    from mmllava.config import config_source
+
+    path = shipped_configs()[name]
+    text = path.read_text()
+    assert len(text.splitlines()) <= 40
+    base = ast.literal_eval(next(line for line in text.splitlines() if line.startswith('base_config = '))[14:])
+    assert base in ALL and '_tiny_' not in base
+    assert 'base_config' not in shipped_configs()[base].read_text()  # the real one is standalone
+    flat = config_source(path).text  # that is what runs, and what copy-cfg writes
+    assert flat.count('PART ') == 5 and '{{tiny_models}}' in flat
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_prepare_config_changes_only_the_run_settings_of_a_shipped_config(name, tmp_path, monkeypatch):
+    """A shipped config names what runs (hooks, visualizer, optimizer wrapper): nothing is substituted."""
+    from mmllava.engine import runner
+
+    logged = []
+    monkeypatch.setattr(runner, 'log', lambda message, level=None: logged.append(message))
+    options = {'pretrained_pth': None} if 'pretrained_pth' in load_config(name) else {}
+    cfg = load_config(name, options)
+    prepared = runner.prepare_config(cfg, work_dir=str(tmp_path), seed=7)
+    run_settings = {'work_dir', 'experiment_name', 'launcher', 'randomness'}
+    assert set(prepared.keys()) - set(cfg.keys()) <= run_settings
+    for key in cfg.keys() - run_settings:
+        assert prepared[key] == cfg[key], key
+    assert prepared.randomness == {**cfg.randomness, 'seed': 7}
+    assert prepared.work_dir == str(tmp_path) and prepared.launcher == 'none'
+    assert logged == []

@@ -183,11 +183,13 @@ def _counting(recorder: StepRecorder, batch):
 
 
 def _plain_step(model, optimizer, wrapper):
-    """One optimizer step as ``OptimWrapper`` takes it: autocast where ``AmpOptimWrapper`` would
-    (prepare_config drops it on a CPU), clipping as ``clip_grad`` says."""
+    """One optimizer step as ``OptimWrapper`` takes it: autocast where the config's wrapper does
+    (``AmpOptimWrapper``, on a CUDA device), clipping as ``clip_grad`` says."""
+    from mmllava.engine.wrappers import autocast_dtype
+
     clip = wrapper.get('clip_grad')
-    autocast = (torch.autocast('cuda', dtype=getattr(torch, wrapper.get('dtype') or 'float16'))
-                if _type_name(wrapper.get('type')) == 'AmpOptimWrapper' else nullcontext())
+    dtype = autocast_dtype(wrapper)
+    autocast = torch.autocast('cuda', dtype=dtype) if dtype is not None else nullcontext()
     params = [p for group in optimizer.param_groups for p in group['params']]
 
     def step(data):

@@ -1,4 +1,5 @@
-"""Copy a shipped config (or a config file) to SAVE_DIR as NAME_copy.py, ready to edit."""
+"""Copy a shipped config (or a config file) to SAVE_DIR as NAME_copy.py, ready to edit; an override
+config (a tiny one) is written out whole, as one standalone file."""
 
 
 def add_arguments(parser):

@@ -2,16 +2,19 @@
 
 Configs import their runtime pieces from here::
 
-    from mmllava.engine import CheckpointHook, DatasetInfoHook, EvaluateChatHook, TrainLoop
+    from mmllava.engine import (CheckpointHook, DatasetInfoHook, EvaluateChatHook, ThroughputHook, TrainLoop,
+                                TrainSummaryHook, mixed_precision_optim_wrapper)
 
-(``mmengine.hooks.CheckpointHook`` in a config is swapped for the crash-safe one automatically.)
+(A config written for XTuner or mmengine gets them substituted at ``train``, one log line each:
+``mmllava.engine.runner.prepare_config``.)
 The names resolve lazily, so importing ``mmllava.engine.launch`` (the torchrun re-launch) does
 not import mmengine or DeepSpeed.
 """
 import importlib
 
 _EXPORTS = {'CheckpointHook': 'checkpoint_hook', 'DatasetInfoHook': 'hooks', 'EvaluateChatHook': 'hooks',
-            'ThroughputHook': 'hooks', 'TrainLoop': 'loops'}
+            'ThroughputHook': 'hooks', 'TrainLoop': 'loops', 'TrainSummaryHook': 'console',
+            'mixed_precision_optim_wrapper': 'wrappers'}
 
 __all__ = sorted(_EXPORTS)
 

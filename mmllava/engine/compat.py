@@ -11,7 +11,6 @@ it, and what replaced the patches that public interfaces could replace.
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import inspect
 import logging
@@ -130,26 +129,3 @@ def _no_shm_op():
     """What ``build_shm_op`` returns where the op is not compatible: no op (``TorchBackend`` then
     keeps ``shm_comm_op = None``)."""
     return None
-
-
-# --- config-level fixes -----------------------------------------------------------------------
-def cpu_optim_wrapper(optim_wrapper):
-    """``AmpOptimWrapper`` asserts a CUDA/NPU/MLU device: on CPU use ``OptimWrapper`` (fp32 math;
-    the model keeps whatever dtype it was built in). Returns a copy; other wrappers pass through."""
-    wrapper_type = optim_wrapper.get('type')
-    name = wrapper_type if isinstance(wrapper_type, str) else getattr(wrapper_type, '__name__', '')
-    if name != 'AmpOptimWrapper':
-        return optim_wrapper
-    converted = copy.deepcopy(optim_wrapper)  # a deep copy keeps the config's lazy imports unbuilt
-    for key in ('loss_scale', 'dtype', 'use_fsdp'):
-        converted.pop(key, None)
-    converted['type'] = 'OptimWrapper'
-    log('no CUDA device: AmpOptimWrapper -> OptimWrapper (fp32)')
-    return converted
-
-
-def cpu_ddp_wrapper(find_unused_parameters: bool = False) -> dict:
-    """mmengine wraps a distributed model in DDP with ``device_ids=[LOCAL_RANK]``, which DDP rejects
-    for CPU modules; ``device_ids=None`` is the CPU form."""
-    return dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-                find_unused_parameters=find_unused_parameters)

@@ -1,7 +1,9 @@
 """From a loaded config and the ``train`` options to an mmengine runner.
 
-``prepare_config`` rewrites an XTuner-style config for this process (work dir, seed, resume,
-DeepSpeed, CPU fallbacks, crash-safe checkpoints, logging hooks, TensorBoard);
+``prepare_config`` sets a config's run settings for this process (work dir, seed, resume,
+launcher, DeepSpeed). The shipped configs name what runs (mmllava's checkpoint hook, logging hooks,
+TensorBoard visualizer and optimizer wrapper); a config written for XTuner or plain mmengine gets
+them substituted, one log line each;
 ``build_runner`` applies the compatibility layer (``compat``) and builds ``plain_runner.Runner``
 or, under DeepSpeed, ``FlexibleRunner``, through their constructors.
 """
@@ -55,28 +57,46 @@ def _resolve_resume(cfg, resume, deepspeed: bool) -> None:
     cfg.resume, cfg.load_from = True, str(resume)
 
 
+def _names(obj_type, cls) -> bool:
+    """Whether a config's ``type`` is ``cls``: the class itself, or its registry name or import path."""
+    return obj_type is cls or obj_type in (cls.__name__, f'{cls.__module__}.{cls.__name__}')
+
+
+def _substituted(setting: str, old: str, new: str, why: str) -> None:
+    """The one log line of a change to the user's config: what, by what, why."""
+    log(f'config: {setting}: {old} -> {new} ({why})')
+
+
 def _checkpoint_hook(default_hooks) -> None:
+    from mmengine.hooks import CheckpointHook as MMEngineCheckpointHook
+
     from mmllava.engine.checkpoint_hook import CheckpointHook
 
     hook = (default_hooks or {}).get('checkpoint')
-    if isinstance(hook, dict) and _type_name(hook.get('type')) == 'CheckpointHook':
-        hook['type'] = _lazy(CheckpointHook)  # crash-safe saving, same arguments
+    if isinstance(hook, dict) and _names(hook.get('type'), MMEngineCheckpointHook):
+        hook['type'] = _lazy(CheckpointHook)
+        _substituted('default_hooks.checkpoint', "mmengine's CheckpointHook", 'mmllava.engine.CheckpointHook',
+                     'same arguments; a crash while saving leaves last_checkpoint naming a complete checkpoint, '
+                     'and the RNG state is saved for an exact --resume')
 
 
 def _visualizer(cfg) -> None:
     """TensorBoard scalars in the work dir unless the config chose its visualizer; a missing
     tensorboard package drops that backend with a warning instead of crashing at start."""
+    from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
+
     if cfg.get('visualizer') is None:
-        cfg.visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend'),
-                                                                 dict(type='TensorboardVisBackend')])
+        cfg.visualizer = dict(type=_lazy(Visualizer), vis_backends=[dict(type=_lazy(LocalVisBackend)),
+                                                                    dict(type=_lazy(TensorboardVisBackend))])
+        _substituted('visualizer', 'None', 'Visualizer with LocalVisBackend and TensorboardVisBackend',
+                     'the loss and lr curves in WORK_DIR/TIMESTAMP/vis_data, for TensorBoard')
     backends = cfg.visualizer.get('vis_backends') or []
-    if any(_type_name(b.get('type')) == 'TensorboardVisBackend' for b in backends):
+    if any(_names(b.get('type'), TensorboardVisBackend) for b in backends):
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             log('tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)', logging.WARNING)
-            cfg.visualizer.vis_backends = [b for b in backends
-                                           if _type_name(b.get('type')) != 'TensorboardVisBackend']
+            cfg.visualizer.vis_backends = [b for b in backends if not _names(b.get('type'), TensorboardVisBackend)]
 
 
 def _custom_hooks(cfg) -> None:
@@ -84,10 +104,26 @@ def _custom_hooks(cfg) -> None:
     from mmllava.engine.hooks import ThroughputHook
 
     hooks = list(cfg.get('custom_hooks') or [])
-    for hook in (ThroughputHook, TrainSummaryHook):
-        if not any(isinstance(h, dict) and _type_name(h.get('type')) == hook.__name__ for h in hooks):
+    for hook, why in ((ThroughputHook, 'tokens/s and peak memory in the log'),
+                      (TrainSummaryHook, "the run's header and summary in the terminal")):
+        if not any(isinstance(h, dict) and _names(h.get('type'), hook) for h in hooks):
             hooks.append(dict(type=_lazy(hook)))
+            _substituted('custom_hooks', 'no ' + hook.__name__, f'{hook.__name__} added', why)
     cfg.custom_hooks = hooks
+
+
+def _cpu_optim_wrapper(cfg) -> None:
+    from mmengine.optim import AmpOptimWrapper
+
+    from mmllava.engine.wrappers import mixed_precision_optim_wrapper
+
+    if _names(cfg.optim_wrapper.get('type'), AmpOptimWrapper):
+        wrapper = copy.deepcopy(cfg.optim_wrapper)  # a deep copy keeps the config's lazy imports unbuilt
+        wrapper['type'] = _lazy(mixed_precision_optim_wrapper)
+        cfg.optim_wrapper = wrapper
+        _substituted('optim_wrapper', "mmengine's AmpOptimWrapper", 'mmllava.engine.mixed_precision_optim_wrapper',
+                     'AmpOptimWrapper needs a CUDA device and there is none: plain fp32 steps here, '
+                     'AmpOptimWrapper where CUDA is')
 
 
 def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher: str = 'none',
@@ -95,9 +131,12 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
     """Return a copy of ``cfg`` ready for ``build_runner`` (see module doc).
 
     ``resume``: None (as the config says), True (latest checkpoint in ``work_dir``) or a path.
+    A shipped config changes only in its run settings (work dir, experiment name, launcher, seed,
+    resume and what ``deepspeed`` needs); each change to a config written for XTuner or plain
+    mmengine is one log line (``_substituted``).
     """
-    from mmllava.engine import compat
     from mmllava.engine.launch import single_process_env
+    from mmllava.engine.wrappers import cpu_ddp_wrapper
 
     for key in ('model', 'train_dataloader', 'optim_wrapper', 'train_cfg'):
         if cfg.get(key) is None:
@@ -109,7 +148,7 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
         raise PathNotFoundError(f'{pretrained}: checkpoint not found', setting='pretrained_pth', value=pretrained)
     user_cfg, cfg = cfg, copy.deepcopy(cfg)
     # What build_runner writes into the work dir: the config as the user ran it (--cfg-options
-    # applied), not this process's rewrite of it (CPU optimizer wrapper, DeepSpeed strategy, launcher),
+    # applied), not this process's rewrite of it (substitutions, DeepSpeed strategy, launcher),
     # so that `train WORK_DIR/CONFIG.py` with the same options trains the same way again.
     object.__setattr__(cfg, '_user_config', user_cfg)
     cfg.work_dir = work_dir
@@ -132,11 +171,12 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
         if launcher == 'none':  # a world of one, initialised like torchrun's, not through MPI
             os.environ.update(single_process_env())
             launcher = 'pytorch'
-    else:
-        if not on_cuda:
-            cfg.optim_wrapper = compat.cpu_optim_wrapper(cfg.optim_wrapper)
-            if launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
-                cfg.model_wrapper_cfg = compat.cpu_ddp_wrapper(cfg.get('find_unused_parameters', False))
+    elif not on_cuda:
+        _cpu_optim_wrapper(cfg)
+        if launcher != 'none' and cfg.get('model_wrapper_cfg') is None:
+            cfg.model_wrapper_cfg = cpu_ddp_wrapper(cfg.get('find_unused_parameters', False))
+            _substituted('model_wrapper_cfg', 'None', 'MMDistributedDataParallel with device_ids=None',
+                         f'--launcher {launcher} without CUDA: DDP takes no device ids for a model on the CPU')
     cfg.launcher = launcher
     return cfg
 

@@ -1,13 +1,14 @@
-# InternVL2-2B (InternViT-300M-448px + InternLM2-chat-1.8B) LoRA fine-tune on FoodieQA, seed 003's recipe.
-# Edit path, data_root, data_path and image_folder, then
+# The InternVL2-2B food fine-tune: InternVL2-2B (InternViT-300M-448px + InternLM2-chat-1.8B), LoRA on the LLM,
+# on FoodieQA. Edit path, data_root, data_path and image_folder, then
 #   mmllava train THIS_FILE --deepspeed deepspeed_zero2
 #   mmllava convert internvl_to_official THIS_FILE work_dirs/THIS_NAME/iter_640.pth OUT_DIR
 #   mmllava chat OUT_DIR --image food.jpg
 # To continue an interrupted run set load_from to its iter_N.pth and resume = True (bottom), or pass --resume.
 # FoodieQA -> this JSON: mmllava data foodieqa -i sivqa_tidy.json -o sivqa_llava.json (evaluation-only license).
 import torch
-from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
+from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.optim import CosineAnnealingLR, LinearLR
+from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from peft import LoraConfig
 from torch.optim import AdamW
 
@@ -15,17 +16,20 @@ from mmllava.builders import load_tokenizer
 from mmllava.builders.internvl import load_internvl, load_internvl_image_processor
 from mmllava.data import LengthGroupedSampler
 from mmllava.data.internvl_dataset import InternVLDataset, internvl_collate
-from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop
+from mmllava.engine import (CheckpointHook, DatasetInfoHook, EvaluateChatHook, ThroughputHook, TrainLoop,
+                            TrainSummaryHook, mixed_precision_optim_wrapper)
 from mmllava.models import InternVLModel
 
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
 # Model
-path = '/root/share/new_models/OpenGVLab/InternVL2-2B'
+path = 'OpenGVLab/InternVL2-2B'  # the official InternVL2-2B folder: point it at your download
+torch_dtype = torch.bfloat16  # the weights' dtype (and QLoRA's compute dtype)
+use_activation_checkpointing = True  # recompute activations in the backward pass: less memory
 
 # Data
-data_root = '/root/share/datasets/FoodieQA/'  # your data path
+data_root = './data/FoodieQA/'  # your FoodieQA folder
 data_path = data_root + 'sivqa_llava.json'
 image_folder = data_root  # your image folder path
 prompt_template = 'internlm2_chat'
@@ -35,11 +39,11 @@ max_dynamic_patch = 6  # tiles per image at most (+ a thumbnail); InternVL2-2B's
 # Scheduler & Optimizer
 batch_size = 4  # per device
 accumulative_counts = 2
-dataloader_num_workers = 4
+dataloader_num_workers = 4  # per device
+pin_memory = True  # page-locked batches copy faster to the GPU
 max_epochs = 10
 optim_type = AdamW
-# official 1024 -> 4e-5
-lr = 3e-5
+lr = 3e-5  # InternVL's own recipe: 4e-5 for a global batch of 1024
 betas = (0.9, 0.999)
 weight_decay = 0.05
 max_norm = 1  # grad clip
@@ -54,11 +58,15 @@ evaluation_freq = 64
 SYSTEM = ''
 evaluation_images = data_root + 'test_img/oph.jpg'  # any image of yours
 evaluation_inputs = ['请描述一下这张照片', 'Please describe this picture']
+evaluation_max_new_tokens = 600  # longest answer generated
 
 # LoRA
 r = 128
 lora_alpha = 256
 lora_dropout = 0.05
+# LoRA on the vision tower too, e.g. dict(type=LoraConfig, r=64, lora_alpha=16, lora_dropout=0.05,
+#     target_modules=['q_proj', 'k_proj', 'v_proj', 'projection_layer', 'fc1', 'fc2'])
+visual_encoder_lora = None
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -69,15 +77,14 @@ image_processor = dict(type=load_internvl_image_processor, path=path, max_dynami
 
 model = dict(
     type=InternVLModel,
-    internvl=dict(type=load_internvl, path=path, torch_dtype=torch.bfloat16),
+    internvl=dict(type=load_internvl, path=path, torch_dtype=torch_dtype),
     freeze_llm=True,
     freeze_visual_encoder=True,
+    use_activation_checkpointing=use_activation_checkpointing,
     # comment the following lines if you don't want to use Lora in llm
     llm_lora=dict(type=LoraConfig, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=None,
                   task_type='CAUSAL_LM'),
-    # uncomment the following lines if you want to use Lora in the visual encoder
-    # visual_encoder_lora=dict(type=LoraConfig, r=64, lora_alpha=16, lora_dropout=0.05,
-    #                          target_modules=['q_proj', 'k_proj', 'v_proj', 'projection_layer', 'fc1', 'fc2']),
+    visual_encoder_lora=visual_encoder_lora,
 )
 
 #######################################################################
@@ -95,7 +102,7 @@ internvl_dataset = dict(
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
-    pin_memory=True,
+    pin_memory=pin_memory,
     persistent_workers=dataloader_num_workers > 0,
     dataset=internvl_dataset,
     sampler=dict(type=LengthGroupedSampler, length_property='modality_length',
@@ -105,9 +112,9 @@ train_dataloader = dict(
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #
 #######################################################################
-# AmpOptimWrapper runs bf16 autocast on CUDA; on a CPU mmllava uses a plain OptimWrapper.
+# bf16 autocast and loss scaling (mmengine's AmpOptimWrapper) on a CUDA device; plain fp32 steps on a CPU
 optim_wrapper = dict(
-    type=AmpOptimWrapper,
+    type=mixed_precision_optim_wrapper,
     optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
@@ -135,7 +142,10 @@ custom_hooks = [
          evaluation_inputs=evaluation_inputs,
          evaluation_images=evaluation_images,
          system=SYSTEM,
-         prompt_template=prompt_template)
+         prompt_template=prompt_template,
+         max_new_tokens=evaluation_max_new_tokens),
+    dict(type=ThroughputHook),  # tokens/s and peak memory in the log
+    dict(type=TrainSummaryHook),  # the run's header and summary in the terminal
 ]
 
 default_hooks = dict(
@@ -148,7 +158,8 @@ default_hooks = dict(
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
 
-visualizer = None
+# the loss and lr curves in WORK_DIR/TIMESTAMP/vis_data, for TensorBoard
+visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])
 log_level = 'INFO'
 # load from which checkpoint (an iter_N.pth of this run)
 load_from = None

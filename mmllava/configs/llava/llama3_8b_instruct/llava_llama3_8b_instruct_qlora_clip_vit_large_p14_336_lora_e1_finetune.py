@@ -1,17 +1,19 @@
-# LLaVA fine-tune: Llama-3-8B-Instruct (QLoRA) + CLIP-ViT-L/14-336 (LoRA), projector trained.
-# Seed 002: edit pretrained_pth (XTuner's llama3 iter_2181.pth works), llm_name_or_path,
+# LLaVA fine-tune of the LLaVA-Llama-3-8B QLoRA tutorial: Llama-3-8B-Instruct (QLoRA) + CLIP-ViT-L/14-336
+# (LoRA), projector trained. Edit pretrained_pth (XTuner's llama3 iter_2181.pth works), llm_name_or_path,
 # visual_encoder_name_or_path, data_root, data_path, image_folder, then
 #   mmllava train THIS_FILE --work-dir WORK_DIR --deepspeed deepspeed_zero2
 import torch
-from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
+from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.optim import CosineAnnealingLR, LinearLR
+from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from peft import LoraConfig
 from torch.optim import AdamW
 from transformers import BitsAndBytesConfig
 
 from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 from mmllava.data import LengthGroupedSampler, LLaVADataset, PackedDataset, llava_collate
-from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop
+from mmllava.engine import (CheckpointHook, DatasetInfoHook, EvaluateChatHook, ThroughputHook, TrainLoop,
+                            TrainSummaryHook, mixed_precision_optim_wrapper)
 from mmllava.models import LLaVAModel
 
 #######################################################################
@@ -22,6 +24,8 @@ llm_name_or_path = 'meta-llama/Meta-Llama-3-8B-Instruct'
 visual_encoder_name_or_path = 'openai/clip-vit-large-patch14-336'
 # The projector from the pretrain stage: our iter_N.pth, XTuner's iter_2181.pth or LLaVA's mm_projector.bin
 pretrained_pth = './work_dirs/llava_llama3_8b_instruct_clip_vit_large_p14_336_e1_gpu8_pretrain/iter_2181.pth'  # noqa: E501
+torch_dtype = torch.bfloat16  # the weights' dtype (and QLoRA's compute dtype)
+use_activation_checkpointing = True  # recompute activations in the backward pass: less memory
 
 # Data
 data_root = './data/llava_data/'
@@ -32,11 +36,13 @@ max_length = 2048  # image positions included (XTuner counts <image> as 1: its i
 # Several whole samples per row of max_length positions, attention kept inside each sample
 # (mmllava.data.packing); batch_size then counts rows. Switch on: --cfg-options pack_to_max_length=True
 pack_to_max_length = False
+pad_image_to_square = True  # pad to a square in the image mean colour before resizing, as LLaVA-1.5 fine-tunes
 
 # Scheduler & Optimizer
 batch_size = 1  # per device
 accumulative_counts = 1
-dataloader_num_workers = 4
+dataloader_num_workers = 4  # per device
+pin_memory = True  # page-locked batches copy faster to the GPU
 max_epochs = 1
 optim_type = AdamW
 lr = 2e-4
@@ -54,6 +60,13 @@ evaluation_freq = 500
 SYSTEM = ''
 evaluation_images = data_root + 'test_img/oph.jpg'
 evaluation_inputs = ['Describe this image.', 'What is the equipment in the image?']
+evaluation_max_new_tokens = 600  # longest answer generated
+
+# LoRA
+llm_lora_r = 512
+llm_lora_alpha = 256
+visual_encoder_lora_r = 64
+visual_encoder_lora_alpha = 16
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -66,20 +79,23 @@ model = dict(
     type=LLaVAModel,
     freeze_llm=True,
     freeze_visual_encoder=True,
+    use_activation_checkpointing=use_activation_checkpointing,
     pretrained_pth=pretrained_pth,
     llm=dict(
         type=load_llm,
         path=llm_name_or_path,
-        torch_dtype=torch.bfloat16,
+        torch_dtype=torch_dtype,
         quantization_config=dict(
             type=BitsAndBytesConfig,
             load_in_4bit=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=torch_dtype,
             bnb_4bit_use_double_quant=True,
             bnb_4bit_quant_type='nf4')),
-    llm_lora=dict(type=LoraConfig, r=512, lora_alpha=256, lora_dropout=0.05, bias='none', task_type='CAUSAL_LM'),
-    visual_encoder=dict(type=load_vision_encoder, path=visual_encoder_name_or_path, torch_dtype=torch.bfloat16),
-    visual_encoder_lora=dict(type=LoraConfig, r=64, lora_alpha=16, lora_dropout=0.05, bias='none'))
+    llm_lora=dict(type=LoraConfig, r=llm_lora_r, lora_alpha=llm_lora_alpha, lora_dropout=0.05, bias='none',
+                  task_type='CAUSAL_LM'),
+    visual_encoder=dict(type=load_vision_encoder, path=visual_encoder_name_or_path, torch_dtype=torch_dtype),
+    visual_encoder_lora=dict(type=LoraConfig, r=visual_encoder_lora_r, lora_alpha=visual_encoder_lora_alpha,
+                             lora_dropout=0.05, bias='none'))
 
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #
@@ -92,7 +108,7 @@ llava_dataset = dict(
     image_processor=image_processor,
     template=prompt_template,
     max_length=max_length,
-    pad_image_to_square=True)
+    pad_image_to_square=pad_image_to_square)
 
 train_dataset = (dict(type=PackedDataset, dataset=llava_dataset, max_tokens=max_length)
                  if pack_to_max_length else llava_dataset)
@@ -100,7 +116,7 @@ train_dataset = (dict(type=PackedDataset, dataset=llava_dataset, max_tokens=max_
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
-    pin_memory=True,
+    pin_memory=pin_memory,
     persistent_workers=dataloader_num_workers > 0,
     dataset=train_dataset,
     sampler=dict(type=LengthGroupedSampler, length_property='modality_length',
@@ -110,9 +126,9 @@ train_dataloader = dict(
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #
 #######################################################################
-# AmpOptimWrapper runs bf16 autocast on CUDA; on a CPU mmllava uses a plain OptimWrapper.
+# bf16 autocast and loss scaling (mmengine's AmpOptimWrapper) on a CUDA device; plain fp32 steps on a CPU
 optim_wrapper = dict(
-    type=AmpOptimWrapper,
+    type=mixed_precision_optim_wrapper,
     optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
@@ -140,7 +156,10 @@ custom_hooks = [
          evaluation_inputs=evaluation_inputs,
          evaluation_images=evaluation_images,
          system=SYSTEM,
-         prompt_template=prompt_template)
+         prompt_template=prompt_template,
+         max_new_tokens=evaluation_max_new_tokens),
+    dict(type=ThroughputHook),  # tokens/s and peak memory in the log
+    dict(type=TrainSummaryHook),  # the run's header and summary in the terminal
 ]
 
 default_hooks = dict(
@@ -153,9 +172,12 @@ default_hooks = dict(
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
 
-visualizer = None
+# the loss and lr curves in WORK_DIR/TIMESTAMP/vis_data, for TensorBoard
+visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])
 log_level = 'INFO'
+# load from which checkpoint (an iter_N.pth of this run)
 load_from = None
+# whether to resume training from the loaded checkpoint
 resume = False
 randomness = dict(seed=None, deterministic=False)
 log_processor = dict(by_epoch=False)

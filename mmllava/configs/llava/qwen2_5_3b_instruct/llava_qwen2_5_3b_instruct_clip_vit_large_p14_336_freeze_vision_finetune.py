@@ -1,14 +1,17 @@
-# LLaVA built from CLIP-ViT-L/14-336 + Qwen2.5-3B-Instruct (seed 001), train type freeze_vision: the whole LLM and the projector trained, vision tower frozen.
+# LLaVA fine-tune of the Qwen2.5-3B LLaVA recipe (CLIP-ViT-L/14-336 + Qwen2.5-3B-Instruct), train type
+# freeze_vision: the whole LLM and the projector trained, vision tower frozen.
 # Start from a projector pretrained with llava_qwen2_5_3b_instruct_clip_vit_large_p14_336_e1_gpu8_pretrain,
 # or from a folder made by `mmllava build` (pretrained_pth=BUILT_DIR reads its projector).
 import torch
-from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
-from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
+from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.optim import CosineAnnealingLR, LinearLR
+from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from torch.optim import AdamW
 
 from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
-from mmllava.data import LengthGroupedSampler, LLaVADataset, llava_collate
-from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop
+from mmllava.data import LengthGroupedSampler, LLaVADataset, PackedDataset, llava_collate
+from mmllava.engine import (CheckpointHook, DatasetInfoHook, EvaluateChatHook, ThroughputHook, TrainLoop,
+                            TrainSummaryHook, mixed_precision_optim_wrapper)
 from mmllava.models import LLaVAModel
 
 #######################################################################
@@ -19,6 +22,8 @@ llm_name_or_path = 'Qwen/Qwen2.5-3B-Instruct'
 visual_encoder_name_or_path = 'openai/clip-vit-large-patch14-336'
 # The projector from the pretrain stage: our iter_N.pth, XTuner's iter_2181.pth or LLaVA's mm_projector.bin
 pretrained_pth = './work_dirs/llava_qwen2_5_3b_instruct_clip_vit_large_p14_336_e1_gpu8_pretrain'  # a work dir: its last checkpoint
+torch_dtype = torch.bfloat16  # the weights' dtype (and QLoRA's compute dtype)
+use_activation_checkpointing = True  # recompute activations in the backward pass: less memory
 
 # Data
 data_root = './data/llava_data/'
@@ -26,11 +31,16 @@ data_path = data_root + 'LLaVA-CC3M-Pretrain-595K/chat.json'
 image_folder = data_root + 'LLaVA-CC3M-Pretrain-595K/images'
 prompt_template = 'qwen_chat'
 max_length = 2048  # image positions included (XTuner counts <image> as 1: its int(2048 - (336 / 14)**2))
+# Several whole samples per row of max_length positions, attention kept inside each sample
+# (mmllava.data.packing); batch_size then counts rows. Switch on: --cfg-options pack_to_max_length=True
+pack_to_max_length = False
+pad_image_to_square = True  # pad to a square in the image mean colour before resizing, as LLaVA-1.5 fine-tunes
 
 # Scheduler & Optimizer
 batch_size = 16  # per device
 accumulative_counts = 1
-dataloader_num_workers = 10  # seed 001: workers, pinned memory, persistent workers
+dataloader_num_workers = 10  # per device
+pin_memory = True  # page-locked batches copy faster to the GPU
 max_epochs = 1
 optim_type = AdamW
 lr = 2e-5
@@ -48,6 +58,7 @@ evaluation_freq = 500
 SYSTEM = ''
 evaluation_images = data_root + 'test_img/oph.jpg'
 evaluation_inputs = ['请描述一下这张照片', 'Please describe this picture']
+evaluation_max_new_tokens = 600  # longest answer generated
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
@@ -60,12 +71,13 @@ model = dict(
     type=LLaVAModel,
     freeze_llm=False,
     freeze_visual_encoder=True,
+    use_activation_checkpointing=use_activation_checkpointing,
     pretrained_pth=pretrained_pth,
     llm=dict(
         type=load_llm,
         path=llm_name_or_path,
-        torch_dtype=torch.bfloat16),
-    visual_encoder=dict(type=load_vision_encoder, path=visual_encoder_name_or_path, torch_dtype=torch.bfloat16))
+        torch_dtype=torch_dtype),
+    visual_encoder=dict(type=load_vision_encoder, path=visual_encoder_name_or_path, torch_dtype=torch_dtype))
 
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #
@@ -78,14 +90,17 @@ llava_dataset = dict(
     image_processor=image_processor,
     template=prompt_template,
     max_length=max_length,
-    pad_image_to_square=True)
+    pad_image_to_square=pad_image_to_square)
+
+train_dataset = (dict(type=PackedDataset, dataset=llava_dataset, max_tokens=max_length)
+                 if pack_to_max_length else llava_dataset)
 
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=dataloader_num_workers,
-    pin_memory=True,
+    pin_memory=pin_memory,
     persistent_workers=dataloader_num_workers > 0,
-    dataset=llava_dataset,
+    dataset=train_dataset,
     sampler=dict(type=LengthGroupedSampler, length_property='modality_length',
                  per_device_batch_size=batch_size * accumulative_counts),
     collate_fn=dict(type=llava_collate))
@@ -93,9 +108,9 @@ train_dataloader = dict(
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #
 #######################################################################
-# AmpOptimWrapper runs bf16 autocast on CUDA; on a CPU mmllava uses a plain OptimWrapper.
+# bf16 autocast and loss scaling (mmengine's AmpOptimWrapper) on a CUDA device; plain fp32 steps on a CPU
 optim_wrapper = dict(
-    type=AmpOptimWrapper,
+    type=mixed_precision_optim_wrapper,
     optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
@@ -123,7 +138,10 @@ custom_hooks = [
          evaluation_inputs=evaluation_inputs,
          evaluation_images=evaluation_images,
          system=SYSTEM,
-         prompt_template=prompt_template)
+         prompt_template=prompt_template,
+         max_new_tokens=evaluation_max_new_tokens),
+    dict(type=ThroughputHook),  # tokens/s and peak memory in the log
+    dict(type=TrainSummaryHook),  # the run's header and summary in the terminal
 ]
 
 default_hooks = dict(
@@ -136,9 +154,12 @@ default_hooks = dict(
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
 
-visualizer = None
+# the loss and lr curves in WORK_DIR/TIMESTAMP/vis_data, for TensorBoard
+visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])
 log_level = 'INFO'
+# load from which checkpoint (an iter_N.pth of this run)
 load_from = None
+# whether to resume training from the loaded checkpoint
 resume = False
 randomness = dict(seed=None, deterministic=False)
 log_processor = dict(by_epoch=False)
