@@ -12,7 +12,7 @@ VERBS = {
     'copy-cfg': ('copy_cfg', 'copy a shipped config to a folder as NAME_copy.py'),
     'convert': ('convert', 'convert a training checkpoint to a model folder, or merge a LoRA adapter'),
     'chat': ('chat', 'chat with a model (text, or an image with --image)'),
-    'build': ('build', 'build an untrained LLaVA folder from an LLM and a vision encoder'),
+    'build': ('build_llava', 'build an untrained LLaVA folder from an LLM and a vision encoder'),
     'train': ('train', 'train from a config (optionally with DeepSpeed ZeRO)'),
     'data': ('data', 'prepare data files: repeat a data set N times, convert FoodieQA'),
     'check-dataset': ('check_dataset', "check a config's training data: counts, bad samples, images, lengths"),

@@ -41,7 +41,7 @@ def weight_keys(folder) -> set[str]:
 def test_huggingface_export_matches_training_logits(tiny_zoo, tmp_path, qlora):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from mmllava.builders import load_image_processor, load_tokenizer
+    from mmllava.pretrained import load_image_processor, load_tokenizer
 
     model = make_checkpoint(tiny_zoo, tmp_path / 'iter_5.pth', qlora=qlora)
     layer = model.llm.base_model.model.model.layers[0].self_attn.q_proj.base_layer

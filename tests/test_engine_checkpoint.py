@@ -7,7 +7,7 @@ import torch
 
 from engine_toy import write_toy_config
 from mmllava.cli import main
-from mmllava.engine.checkpoint import load_checkpoint_file, safe_torch_load
+from mmllava.checkpoints import load_checkpoint_file, safe_torch_load
 from mmllava.errors import MMLLaVAError
 
 

@@ -50,8 +50,8 @@ class InternVLChatModel(ChatModel):
 
 def load_internvl_chat(path: Path, template: str | None, dtype, quantization) -> InternVLChatModel:
     """An official InternVL folder as an :class:`InternVLChatModel` (frozen ``InternVLModel``)."""
-    from mmllava.builders import load_tokenizer
-    from mmllava.builders.internvl import load_internvl, load_internvl_image_processor
+    from mmllava.pretrained import load_tokenizer
+    from mmllava.pretrained.internvl import load_internvl, load_internvl_image_processor
     from mmllava.models import InternVLModel
 
     model = InternVLModel(load_internvl(path, torch_dtype=dtype, quantization_config=quantization),
@@ -69,8 +69,8 @@ def load_hf_internvl_chat(path: Path, template: str | None, dtype, quantization,
     pick another grid), the image positions given as ``<IMG_CONTEXT>``."""
     from transformers import InternVLForConditionalGeneration
 
-    from mmllava.builders import load_tokenizer
-    from mmllava.builders.folders import read_json
+    from mmllava.pretrained import load_tokenizer
+    from mmllava.pretrained.folder_reading import read_json
     from mmllava.data.internvl_image import InternVLImageProcessor
 
     config = read_json(path / 'config.json', 'model')

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mmllava.builders.folders import read_json
+from mmllava.pretrained.folder_reading import read_json
 from mmllava.constants import IMAGE_TOKEN_INDEX
 from mmllava.errors import MMLLaVAError
 from mmllava.templates import TEMPLATES, PromptTemplate, get_template
@@ -152,7 +152,7 @@ def _load_xtuner_export(model_path: Path, llava: Path, visual_encoder: str | Non
     """LLM + vision tower + ``--llava`` export (projector, adapters, or full llm/visual_encoder)."""
     from safetensors.torch import load_file
 
-    from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+    from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
     from mmllava.formats.llava import split_projector_state
     from mmllava.models import LLaVAModel
 
@@ -204,8 +204,8 @@ def _load_official_llava(path: Path, visual_encoder: str | None, template: str |
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    from mmllava.builders import load_image_processor, load_tokenizer, load_vision_encoder
-    from mmllava.builders.folders import dtype_kwargs, iter_weight_shards
+    from mmllava.pretrained import load_image_processor, load_tokenizer, load_vision_encoder
+    from mmllava.pretrained.folder_reading import dtype_kwargs, iter_weight_shards
     from mmllava.convert.official_llava import OFFICIAL_CLASSES
     from mmllava.formats.llava import split_projector_state
     from mmllava.models import LLaVAModel
@@ -256,7 +256,7 @@ def _load_hf_llava(path: Path, template: str | None, dtype, quantization, device
     """A ``LlavaForConditionalGeneration`` folder (our huggingface export or any legacy-layout one)."""
     from transformers import LlavaForConditionalGeneration
 
-    from mmllava.builders import load_image_processor, load_tokenizer
+    from mmllava.pretrained import load_image_processor, load_tokenizer
     from mmllava.formats.strict import check_loading_info
 
     config = read_json(path / 'config.json', 'model')
@@ -285,7 +285,7 @@ def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = 
     ``torch_dtype``: ``auto`` (the folder's own), ``float32``, ``bfloat16`` or ``float16``;
     ``bits``: 4 or 8 (CUDA only); ``device``: default ``cuda`` when available, else ``cpu``.
     """
-    from mmllava.builders import load_llm, load_tokenizer
+    from mmllava.pretrained import load_llm, load_tokenizer
 
     if torch_dtype not in TORCH_DTYPES:
         raise MMLLaVAError(f'--torch-dtype must be one of {", ".join(TORCH_DTYPES)}, got {torch_dtype!r}')

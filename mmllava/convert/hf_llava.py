@@ -20,7 +20,7 @@ import torch
 
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.convert.chat_template import jinja_chat_template
-from mmllava.convert.folders import llm_state
+from mmllava.convert.llm_and_vision_folders import llm_state
 from mmllava.convert.legacy import (clip_vision_state, dtype_name, legacy_config_dict, save_image_processor,
                                     save_tokenizer, write_json)
 from mmllava.convert.shards import save_safetensors

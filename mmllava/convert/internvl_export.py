@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mmllava.convert.chat_template import jinja_chat_template
-from mmllava.convert.folders import llm_state
+from mmllava.convert.llm_and_vision_folders import llm_state
 from mmllava.convert.hf_llava import stop_token_ids
 from mmllava.convert.legacy import dtype_name, legacy_config_dict, save_tokenizer, write_json
 from mmllava.convert.shards import save_safetensors

@@ -45,8 +45,8 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, save_dir:
 
     The dtype is the base's own (float32 with ``fp32``); weights are written in the legacy layout.
     """
-    from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
-    from mmllava.convert.folders import save_llm_folder, save_vision_folder
+    from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+    from mmllava.convert.llm_and_vision_folders import save_llm_folder, save_vision_folder
     from mmllava.formats.strict import load_peft_adapter
 
     adapter = Path(adapter)

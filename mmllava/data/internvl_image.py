@@ -76,7 +76,7 @@ class InternVLImageProcessor:
     def from_pretrained(cls, path: str | os.PathLike, max_dynamic_patch: int | None = None) -> 'InternVLImageProcessor':
         """The settings of an official InternVL ``config.json`` (``force_image_size``, ``min/max_dynamic_patch``,
         ``use_thumbnail``, ``dynamic_image_size``); ``max_dynamic_patch`` overrides the folder's."""
-        from mmllava.builders.folders import read_json, require_dir
+        from mmllava.pretrained.folder_reading import read_json, require_dir
         from mmllava.formats.internvl import force_image_size, tokens_per_tile
 
         from mmllava.formats.internvl import is_native_internvl, native_config_to_official

@@ -12,7 +12,8 @@ import os.path as osp
 
 from mmengine.hooks import CheckpointHook as _MMEngineCheckpointHook
 
-from mmllava.engine.checkpoint import LAST_CHECKPOINT, commit, remove_path, write_text_atomic
+from mmllava.checkpoints import LAST_CHECKPOINT
+from mmllava.engine.atomic_write import commit, remove_path, write_text_atomic
 
 
 class CheckpointHook(_MMEngineCheckpointHook):

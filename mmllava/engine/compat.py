@@ -108,12 +108,12 @@ def _patch_checkpoint_loading() -> None:
     """mmengine's local checkpoint loader calls ``torch.load(filename)``; since torch 2.6 that means
     ``weights_only=True`` and our own ``iter_N.pth`` (message hub, numpy history) fails with
     UnpicklingError. Load local files with an allow-list of exactly what our checkpoints hold,
-    never with unrestricted unpickling (``mmllava.engine.checkpoint.load_checkpoint_file``), and
+    never with unrestricted unpickling (``mmllava.checkpoints.load_checkpoint_file``), and
     check the weights against the model before mmengine's non-strict load (``load_checkpoint_to_model``)."""
     from mmengine.runner import runner
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from mmllava.engine.checkpoint import load_checkpoint_file, load_checkpoint_to_model
+    from mmllava.checkpoints import load_checkpoint_file, load_checkpoint_to_model
 
     CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file, force=True)
     runner._load_checkpoint_to_model = load_checkpoint_to_model  # Runner.load_checkpoint's (load_from, resume)

@@ -16,6 +16,8 @@ import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from mmengine._strategy import DeepSpeedStrategy as _MMEngineDeepSpeedStrategy
 
+from mmllava.checkpoints import (SOURCE_KEY, check_checkpoint_fits, load_checkpoint_file, load_checkpoint_to_model,
+                                 resolve_checkpoint, safe_torch_load)
 from mmllava.errors import MMLLaVAError
 
 CONFIG_DIR = Path(__file__).with_name('deepspeed_configs')
@@ -78,8 +80,9 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
     - distributed init: gloo and no CUDA calls without CUDA (``compat``);
     - checkpoints: DeepSpeed's checkpoint engine unpickles everything (``weights_only=False``):
       it is replaced by ``safe_torch_load``; mmengine skips the ``before_save_checkpoint`` and
-      ``after_load_checkpoint`` hooks under DeepSpeed: they are called; ``load_from`` also takes
-      a plain ``.pth`` file (loaded non-strictly into the module).
+      ``after_load_checkpoint`` hooks under DeepSpeed: they are called; ``load_from`` and resume
+      take every input ``mmllava.checkpoints.resolve_checkpoint`` does (a plain ``.pth`` file is
+      loaded non-strictly into the module).
     """
 
     def __init__(self, **kwargs):
@@ -114,6 +117,7 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
 
     def resume(self, filename, *, resume_optimizer=True, resume_param_scheduler=True, map_location='default',
                callback=None):
+        filename = str(resolve_checkpoint(filename, 'resume'))  # the folder DeepSpeed reads
         _check_folder_fits(self.model.module, filename)
         checkpoint = super().resume(filename, resume_optimizer=resume_optimizer,
                                     resume_param_scheduler=resume_param_scheduler)
@@ -123,8 +127,7 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
 
     def load_checkpoint(self, filename, *, map_location='cpu', strict=False, revise_keys=[(r'^module.', '')],
                         callback=None):
-        from mmllava.engine.checkpoint import load_checkpoint_file, load_checkpoint_to_model
-
+        filename = str(resolve_checkpoint(filename, 'load_from'))
         if os.path.isdir(filename):
             _check_folder_fits(self.model.module, filename)
             checkpoint = super().load_checkpoint(filename)
@@ -140,8 +143,6 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
 def _check_folder_fits(model, folder) -> None:
     """DeepSpeed loads module states non-strictly (frozen parameters are left out of the files):
     check a checkpoint folder's weights against the model first (``check_checkpoint_fits``)."""
-    from mmllava.engine.checkpoint import SOURCE_KEY, check_checkpoint_fits, load_checkpoint_file
-
     checkpoint = load_checkpoint_file(folder, map_location='cpu')
     state = checkpoint['state_dict']
     if any(t.numel() == 0 for t in state.values()):
@@ -153,8 +154,6 @@ class SafeTorchCheckpointEngine(TorchCheckpointEngine):
     """DeepSpeed's torch checkpoint engine, loading with ``safe_torch_load`` (it unpickles anything)."""
 
     def load(self, path, map_location=None):
-        from mmllava.engine.checkpoint import safe_torch_load
-
         return safe_torch_load(path, map_location=map_location)
 
 

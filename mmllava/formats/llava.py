@@ -69,7 +69,7 @@ def read_hf_llava_projector(folder) -> dict:
     """
     from pathlib import Path
 
-    from mmllava.builders.folders import iter_weight_shards
+    from mmllava.pretrained.folder_reading import iter_weight_shards
 
     out = {}
     for shard in iter_weight_shards(Path(folder), 'pretrained_pth', keep=lambda key: bool(_HF_PROJECTOR.match(key))):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmllava.checkpoints import load_state_dict_file
 from mmllava.config import build
+from mmllava.formats.strict import check_trained_parts, shapes
 from mmllava.models.base import MultimodalModel
 
 
@@ -35,7 +37,7 @@ class InternVLModel(MultimodalModel):
     """InternVL2 for training with mmengine.
 
     Args:
-        internvl: :class:`~mmllava.builders.internvl.InternVLParts` or its config
+        internvl: :class:`~mmllava.pretrained.internvl.InternVLParts` or its config
             ``dict(type=load_internvl, path=..., torch_dtype=..., quantization_config=...)``.
         freeze_llm / freeze_visual_encoder: keep those weights fixed (LoRA adapters still train).
             The projector (``mlp1``) always trains, as in XTuner's InternVL recipes.
@@ -71,9 +73,6 @@ class InternVLModel(MultimodalModel):
     def load_pretrained(self, path: str) -> None:
         """Load trained weights saved by this model: any of its parts, each complete and of the right shapes
         (``mmllava.formats.strict.check_trained_parts``)."""
-        from mmllava.formats.checkpoint import load_state_dict_file
-        from mmllava.formats.strict import check_trained_parts, shapes
-
         state = load_state_dict_file(path)
         check_trained_parts('pretrained_pth', path, shapes(nn.Module.state_dict(self)), shapes(state))
         nn.Module.load_state_dict(self, state, strict=False)

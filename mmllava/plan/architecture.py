@@ -56,11 +56,11 @@ def read_architecture(path: str | None, what: str) -> Architecture:
 
 def meta_llm(config: dict):
     """The causal LM of a ``config.json`` dict on the meta device (InternLM2 as ``LlamaForCausalLM``,
-    as ``mmllava.builders.llm`` loads it)."""
+    as ``mmllava.pretrained.llm`` loads it)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from mmllava.builders.llm import is_internlm2
+    from mmllava.pretrained.llm import is_internlm2
     from mmllava.formats.internlm2 import internlm2_config_to_llama
 
     config = {k: v for k, v in config.items() if not k.startswith('_')}
@@ -83,7 +83,7 @@ def meta_clip(config: dict):
 
 def meta_internvl(official: dict) -> dict[str, Any]:
     """``vision``, ``projector``, ``llm`` (meta modules) and the native ``config`` of an official
-    InternVL2 ``config.json`` dict, as ``mmllava.builders.internvl`` loads it."""
+    InternVL2 ``config.json`` dict, as ``mmllava.pretrained.internvl`` loads it."""
     import torch
     from transformers import AutoModelForCausalLM, InternVLVisionModel
     from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector

@@ -11,8 +11,8 @@ from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, L
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
 
-from mmllava.builders import load_tokenizer
-from mmllava.builders.internvl import load_internvl, load_internvl_image_processor
+from mmllava.pretrained import load_tokenizer
+from mmllava.pretrained.internvl import load_internvl, load_internvl_image_processor
 from mmllava.data import LengthGroupedSampler
 from mmllava.data.internvl_dataset import InternVLDataset, internvl_collate
 from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop

@@ -7,7 +7,7 @@ from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from peft import LoraConfig
 from torch.optim import AdamW
 
-from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 from mmllava.data import LengthGroupedSampler, LLaVADataset, llava_collate
 from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop
 from mmllava.models import LLaVAModel

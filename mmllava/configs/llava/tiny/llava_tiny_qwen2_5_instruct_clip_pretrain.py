@@ -8,7 +8,7 @@ from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, L
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
 
-from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 from mmllava.data import LengthGroupedSampler, LLaVADataset, PackedDataset, llava_collate
 from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop
 from mmllava.models import LLaVAModel

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from mmllava.builders.folders import dtype_kwargs, iter_weight_shards, read_json, require_dir, weight_shapes
+from mmllava.pretrained.folder_reading import dtype_kwargs, iter_weight_shards, read_json, require_dir, weight_shapes
 from mmllava.errors import MMLLaVAError
 
 WHAT = 'visual_encoder_name_or_path'

@@ -12,7 +12,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from mmllava.convert.build import build_llava
+    from mmllava.convert.untrained_llava import build_llava
 
     build_llava(args.llm, args.visual_encoder, args.save_dir, args.torch_dtype, args.prompt_template,
                 args.max_shard_size)

@@ -40,7 +40,7 @@ def build_llava(llm: str | os.PathLike, visual_encoder: str | os.PathLike, save_
     """
     import torch
 
-    from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+    from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
     from mmllava.convert.hf_llava import export_hf_llava
     from mmllava.models import LLaVAModel
     from mmllava.templates import get_template

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmllava.builders.folders import (attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir,
+from mmllava.pretrained.folder_reading import (attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir,
                                      weight_shapes)
 from mmllava.errors import MMLLaVAError
 
@@ -84,7 +84,7 @@ def load_llm(path: str | os.PathLike, torch_dtype=None, quantization_config=None
     ``torch_dtype``: ``None``, ``'auto'``, a name (``'bfloat16'``) or a ``torch.dtype``.
     ``quantization_config``: e.g. a ``BitsAndBytesConfig`` for QLoRA (works for InternLM2 too).
     ``attn_implementation``: ``None`` picks flash-attention-2 where it can run, else SDPA
-    (``mmllava.builders.folders.attention_kwargs``).
+    (``mmllava.pretrained.folder_reading.attention_kwargs``).
     Loading is strict: a missing, unused or wrong-shaped weight is an ``MMLLaVAError``, checked
     against the unquantised shapes before quantization. With ``trust_remote_code=True`` an
     InternLM2 folder is loaded with its own remote code instead (transformers' checks only).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmllava.builders.folders import read_json, require_dir
+from mmllava.pretrained.folder_reading import read_json, require_dir
 from mmllava.errors import MMLLaVAError
 
 WHAT = 'tokenizer'

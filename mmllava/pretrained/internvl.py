@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmllava.builders.folders import attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir
+from mmllava.pretrained.folder_reading import attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir
 from mmllava.errors import MMLLaVAError
 
 WHAT = 'path'

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 
-from mmllava.builders.llm import load_llm
-from mmllava.builders.tokenizer import load_tokenizer
-from mmllava.builders.vision import load_vision_encoder
+from mmllava.pretrained.llm import load_llm
+from mmllava.pretrained.tokenizer import load_tokenizer
+from mmllava.pretrained.vision import load_vision_encoder
 
 
 def load_image_processor(path: str | os.PathLike):
