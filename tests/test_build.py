@@ -1,4 +1,4 @@
-"""mmllava build (seed 001): an untrained LLaVA folder from Qwen2.5 + CLIP that transformers loads,
+"""mmllava build (the Qwen2.5-3B LLaVA built from scratch): an untrained LLaVA folder from Qwen2.5 + CLIP that transformers loads,
 with a single-token <image>, the LLM's pad token, both processor files, and a projector that
 training (the huggingface key style of ``pretrained_pth``) and chat can read."""
 from __future__ import annotations

@@ -155,7 +155,7 @@ def test_official_layout(tiny_zoo, tmp_path):
 
 @pytest.mark.parametrize('source', ['work_dir', 'deepspeed_folder', 'xtuner_pretrain_pth'])
 def test_checkpoint_sources(tiny_zoo, tmp_path, source):
-    """Work dir (last checkpoint), DeepSpeed folder, and seed 000: the *pretrain* config name with
+    """Work dir (last checkpoint), DeepSpeed folder, and the LLaVA-InternLM2 QLoRA tutorial's input: the *pretrain* config name with
     XTuner's projector-only iter_2181.pth (``projector.model.N`` keys)."""
     model = make_checkpoint(tiny_zoo, tmp_path / 'made' / 'iter_5.pth', config=PRETRAIN)
     state = model.state_dict()

@@ -1,6 +1,6 @@
 """The shipped tiny InternVL config through ``mmllava train`` on CPU: LoRA fine-tuning learns the
 synthetic shapes task from pixels (held-out exact match), and resuming from a mid-run checkpoint
-(seed 003's ``load_from`` + ``resume=True``, or ``--resume``) logs the uninterrupted run's losses.
+(the InternVL2-2B food fine-tune's ``load_from`` + ``resume=True``, or ``--resume``) logs the uninterrupted run's losses.
 
 Measured with the shipped tiny config (264 iterations): 0.00 before, 0.52 after (colour 12/12; the
 spatial questions, side and count, stay at chance); on colour questions alone 0.00 before and 0.98
@@ -94,7 +94,7 @@ def reference(tiny_zoo, tmp_path_factory):
 
 
 @pytest.mark.parametrize('resume_args', [
-    ['load_from={work_dir}/iter_2.pth', 'resume=True'],  # seed 003: edit the config's last lines
+    ['load_from={work_dir}/iter_2.pth', 'resume=True'],  # the food fine-tune's way: edit the config's last lines
     ['--resume'],
 ])
 def test_resume_continues_with_the_same_losses(tiny_zoo, tmp_path, reference, resume_args):

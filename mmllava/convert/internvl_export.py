@@ -1,6 +1,6 @@
 """Our InternVL (LoRA merged: no adapters, no bitsandbytes) -> an official or a native transformers folder.
 
-``official`` (default; what seed 003's ``convert_to_official.py`` writes, what LMDeploy, vLLM and
+``official`` (default; what the InternVL2-2B food fine-tune's ``convert_to_official.py`` writes, what LMDeploy, vLLM and
 InternVL's own code load with ``trust_remote_code``)::
 
     config.json            the source folder's InternVLChatConfig, dtype updated, + prompt_template

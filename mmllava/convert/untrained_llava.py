@@ -1,8 +1,9 @@
 """``mmllava build``: an untrained LLaVA (transformers Llava folder) from a vision encoder and an LLM.
 
-Seed 001's recipe: add a single-token ``<image>`` (embedding rows appended when needed), align the
-pad token with the LLM's (Qwen2.5: ``<|endoftext|>``), keep the LLM's and CLIP's weights, initialise
-the projector, and save model + processor (``preprocessor_config.json`` and ``processor_config.json``).
+The recipe of the Qwen2.5-3B LLaVA built from scratch (CLIP-ViT-L/14-336 + Qwen2.5): add a
+single-token ``<image>`` (embedding rows appended when needed), align the pad token with the LLM's
+(Qwen2.5: ``<|endoftext|>``), keep the LLM's and CLIP's weights, initialise the projector, and save
+model + processor (``preprocessor_config.json`` and ``processor_config.json``).
 
 To train from it, keep the config's ``llm_name_or_path`` / ``visual_encoder_name_or_path`` pointing
 at the original folders and set ``pretrained_pth = BUILT_DIR``: the projector is read from the

@@ -1,6 +1,6 @@
 """``mmllava data foodieqa``: FoodieQA single-image questions (``sivqa_tidy.json``) -> LLaVA format.
 
-Training samples are exactly what seed 003's ``process_food.py`` writes::
+Training samples are exactly what the InternVL2-2B food fine-tune's ``process_food.py`` writes::
 
     {"image": food_meta.food_file,
      "conversations": [{"from": "human", "value": question + "\\n<image>"},
