@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.logging import HistoryBuffer
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
@@ -127,7 +128,6 @@ def _restore_history_buffers(obj):
     """Replace unpickled ``_HistoryBufferState`` stand-ins by real ``HistoryBuffer`` objects."""
     if isinstance(obj, _HistoryBufferState):
         # Only training checkpoints hold these; converters and chat read weights without mmengine.
-        from mmengine.logging import HistoryBuffer
 
         state = vars(obj)
         return HistoryBuffer(list(state.get('_log_history', [])), list(state.get('_count_history', [])),
@@ -240,6 +240,9 @@ def load_checkpoint_to_model(model, checkpoint: dict, strict: bool = False, revi
     only logs what did not fit, which would train on from a partly initialised model."""
     # Imported here, not at the top: the models read ``pretrained_pth`` through this module (a
     # cycle), and converters and chat read checkpoints without importing mmengine's runner.
+
+    # Imported here, not at the top: the models read ``pretrained_pth`` through this module (a
+    # cycle), and converters and chat read checkpoints without mmengine's runner.
     from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
     from mmllava.models.base import MultimodalModel

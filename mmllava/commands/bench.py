@@ -4,6 +4,11 @@ the same model, batches and optimizer; their ratio is the framework's overhead.
 
 Nothing is saved (no checkpoints, no evaluation). See docs/benchmarks.md for measured figures.
 """
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
+
+import json
+
+from mmllava.errors import MMLLaVAError
 
 
 def add_arguments(parser):
@@ -22,12 +27,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    import json
-
     from mmllava.bench.report import benchmark, format_table
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.engine.launch import in_process_world
-    from mmllava.errors import MMLLaVAError
 
     for name in ('steps', 'warmup', 'repeats'):
         minimum = 0 if name == 'warmup' else 1

@@ -1,4 +1,5 @@
 """Build an untrained LLaVA (a transformers Llava folder with processor) from an LLM and a vision encoder."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
 
 def add_arguments(parser):

@@ -1,5 +1,6 @@
 """Prepare data files: `repeat` a small LLaVA data set N times, or convert FoodieQA (`foodieqa`) to
 LLaVA format. JSON or JSONL in and out, chosen by the file extension (.jsonl = one sample a line)."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
 
 def add_arguments(parser):

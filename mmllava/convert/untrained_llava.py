@@ -15,8 +15,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
+from mmllava.convert.hf_llava import export_hf_llava
 from mmllava.errors import MMLLaVAError
-from mmllava.templates import TEMPLATES
+from mmllava.models import LLaVAModel
+from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+from mmllava.templates import TEMPLATES, get_template
 
 
 def guess_template(tokenizer, llm_config) -> str:
@@ -39,13 +44,6 @@ def build_llava(llm: str | os.PathLike, visual_encoder: str | os.PathLike, save_
     ``prompt_template``: recorded for chat and the tokenizer's chat template; guessed from the
     tokenizer's special tokens when omitted.
     """
-    import torch
-
-    from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
-    from mmllava.convert.hf_llava import export_hf_llava
-    from mmllava.models import LLaVAModel
-    from mmllava.templates import get_template
-
     print(f'Loading {llm} and {visual_encoder}', flush=True)
     language_model = load_llm(llm, torch_dtype=None if torch_dtype == 'auto' else torch_dtype)
     dtype = language_model.get_input_embeddings().weight.dtype

@@ -15,9 +15,12 @@ from pathlib import Path
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from mmengine._strategy import DeepSpeedStrategy as _MMEngineDeepSpeedStrategy
+from mmengine.dist import init_dist
+from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
 from mmllava.checkpoints import (SOURCE_KEY, check_checkpoint_fits, load_checkpoint_file, load_checkpoint_to_model,
                                  resolve_checkpoint, safe_torch_load)
+from mmllava.engine import compat
 from mmllava.errors import MMLLaVAError
 
 CONFIG_DIR = Path(__file__).with_name('deepspeed_configs')
@@ -86,20 +89,14 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
     """
 
     def __init__(self, **kwargs):
-        from mmllava.engine import compat
-
         compat.apply()
         if isinstance(kwargs.get('config'), dict):  # a ConfigDict would be pickled into every checkpoint
             kwargs['config'] = json.loads(json.dumps(kwargs['config']))
         super().__init__(**kwargs)
         if self.config.get('zero_optimization', {}).get('stage') == 3:
-            from transformers.integrations.deepspeed import HfDeepSpeedConfig
-
             self.hf_deepspeed_config = HfDeepSpeedConfig(self.config)
 
     def _setup_distributed(self, launcher=None, backend='nccl', **kwargs):
-        from mmengine.dist import init_dist
-
         init_dist(launcher, backend if torch.cuda.is_available() else 'gloo', init_backend='deepspeed', **kwargs)
 
     def _wrap_model(self, model):

@@ -14,11 +14,15 @@ import resource
 import time
 
 import torch
+from mmengine.dist import all_reduce, get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from mmllava.chat.loader import chat_model_for
+from mmllava.chat.session import ChatSession, GenerationSettings
 from mmllava.config import build
 from mmllava.constants import IGNORE_INDEX
+from mmllava.data.image import load_image
 from mmllava.datatools.display import format_sample
 
 
@@ -82,10 +86,6 @@ class EvaluateChatHook(Hook):
         """One log line per (image, input): ``model`` answers through the prompt path of ``chat``,
         ``eval`` and ``serve`` (``ChatSession`` on a ``ChatModel``), LLaVA and InternVL alike; an
         input without an image is a text-only turn."""
-        from mmllava.chat.loader import chat_model_for
-        from mmllava.chat.session import ChatSession, GenerationSettings
-        from mmllava.data.image import load_image
-
         settings = GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=0, extra=self.generation_kwargs)
         session = ChatSession(chat_model_for(model, self.tokenizer, self.template, self.image_processor),
                               system=self.system, settings=settings)
@@ -150,8 +150,6 @@ class ThroughputHook(Hook):
             self._start = time.perf_counter()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        from mmengine.dist import all_reduce, get_world_size
-
         now = time.perf_counter()
         elapsed, self._start = now - self._start, now
         hub = runner.message_hub

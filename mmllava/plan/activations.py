@@ -48,6 +48,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from mmllava.plan.spec import LoraSpec, ModelSpec
 
 
@@ -62,8 +64,6 @@ class Precision:
 
 def precision(spec: ModelSpec, device: str, deepspeed: bool) -> Precision:
     """The byte sizes a GPU (bf16 autocast, or DeepSpeed bf16) or a CPU run (no autocast) uses."""
-    import torch
-
     if device == 'cpu':
         b = torch.tensor([], dtype=spec.quant['compute_dtype'] if spec.quant else spec.llm_dtype).element_size()
         return Precision(b, b, 4 if spec.quant else b)
