@@ -37,7 +37,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.llava import read_hf_llava_projector
+from mmllava.formats.llava_projector import read_hf_llava_projector
 from mmllava.formats.strict import check_trained_parts, shapes
 
 DEEPSPEED_MODEL_FILE = 'mp_rank_00_model_states.pt'

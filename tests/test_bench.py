@@ -9,7 +9,7 @@ import pytest
 import torch
 from tolerances import rounding_tolerance
 
-from mmllava.bench.report import FIELDS, spread, trust_warnings
+from mmllava.bench.comparison import FIELDS, spread, trust_warnings
 from mmllava.cli import main
 from mmllava.engine.machine import format_machine_facts, machine_facts
 

@@ -161,7 +161,7 @@ def test_llava_folder_gives_the_writers_logits(written, version):
 def test_native_internvl_folder_gives_the_writers_logits(written, version):
     """InternVL2 from a transformers-native ``InternVLForConditionalGeneration`` folder (Qwen2 LLM;
     transformers 5 ties its head through the top-level config, 4.52 does not)."""
-    from mmllava.pretrained.internvl import load_internvl
+    from mmllava.pretrained.internvl_folder import load_internvl
     from mmllava.models import InternVLModel
 
     folder, expected, facts = written[version]
@@ -278,7 +278,7 @@ def _load_clip(folder):
 
 
 def _load_internvl(folder):
-    from mmllava.pretrained.internvl import load_internvl
+    from mmllava.pretrained.internvl_folder import load_internvl
 
     load_internvl(folder)
 

@@ -22,7 +22,7 @@ from mmengine.registry import PARAM_SCHEDULERS
 from mmengine.runner import Runner
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmllava.bench.measure import StepRecorder, batch_counts, reset_peak_memory
+from mmllava.bench.step_records import StepRecorder, batch_counts, reset_peak_memory
 from mmllava.config import build
 from mmllava.engine import compat
 from mmllava.engine.launch import single_process_env

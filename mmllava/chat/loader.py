@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | ``LLM --llava XTUNER_EXPORT [--visual-encoder VE]`` | ``llava`` | an ``LLaVAModel`` splices projected features at ``IMAGE_TOKEN_INDEX`` positions |
 | ``HF_EXPORT`` (a ``LlavaForConditionalGeneration`` folder) | ``hf_llava`` | transformers' own model, ``<image>`` id x ``image_seq_length`` |
-| ``INTERNVL_DIR`` (an official InternVL folder or export) | ``internvl`` | an ``InternVLModel``; each image is tiled, ``<img>`` + positions + ``</img>`` (``mmllava.chat.internvl``) |
+| ``INTERNVL_DIR`` (an official InternVL folder or export) | ``internvl`` | an ``InternVLModel``; each image is tiled, ``<img>`` + positions + ``</img>`` (``mmllava.chat.internvl_chat``) |
 | ``HF_INTERNVL`` (an ``InternVLForConditionalGeneration`` folder: our huggingface export) | ``hf_internvl`` | transformers' own model, tiled the same way, ``<IMG_CONTEXT>`` at the positions |
 | ``OFFICIAL_LLAVA`` (the original LLaVA layout: our official export) | ``llava`` | as the xtuner export; the vision tower from ``mm_vision_tower`` or ``--visual-encoder`` |
 | ``LLM`` | ``llm`` | text only |
@@ -32,7 +32,7 @@ from mmllava.convert.official_llava import OFFICIAL_CLASSES
 from mmllava.data.encode import bos_ids, tokenize_with_images
 from mmllava.data.image import expand2square
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.llava import split_projector_state
+from mmllava.formats.llava_projector import split_projector_state
 from mmllava.formats.strict import check_loading_info, check_weights, load_peft_adapter, shapes
 from mmllava.models import InternVLModel, LLaVAModel
 from mmllava.models.lora import is_quantized
@@ -113,7 +113,7 @@ def chat_model_for(model, tokenizer, template: str | PromptTemplate, image_proce
     template = template if isinstance(template, PromptTemplate) else get_template(template)
     if isinstance(model, InternVLModel):
         # chat.internvl subclasses ChatModel from this module: imported on use (a cycle otherwise)
-        from mmllava.chat.internvl import InternVLChatModel
+        from mmllava.chat.internvl_chat import InternVLChatModel
 
         return InternVLChatModel('internvl', model, tokenizer, template, image_processor,
                                  getattr(image_processor, 'tokens_per_tile', 0))
@@ -280,11 +280,11 @@ def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = 
     elif model_type == 'llava':
         chat = _load_hf_llava(path, prompt_template, dtype, quantization, device)
     elif model_type in ('internvl_chat', 'internvl'):  # official or transformers-native InternVL
-        from mmllava.chat.internvl import load_internvl_chat  # a cycle at the top (see above)
+        from mmllava.chat.internvl_chat import load_internvl_chat  # a cycle at the top (see above)
 
         chat = load_internvl_chat(path, prompt_template, dtype, quantization)
     elif model_type == 'internvl':
-        from mmllava.chat.internvl import load_hf_internvl_chat  # a cycle at the top (see above)
+        from mmllava.chat.internvl_chat import load_hf_internvl_chat  # a cycle at the top (see above)
 
         chat = load_hf_internvl_chat(path, prompt_template, dtype, quantization, device)
     elif str(model_type).startswith('llava_'):

@@ -27,7 +27,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from mmllava.bench.report import benchmark, format_table
+    from mmllava.bench.comparison import benchmark, format_table
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.engine.launch import in_process_world
 

@@ -32,7 +32,7 @@ def run(args):
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # offline first: no usage reports
 
     from mmllava.chat.arguments import load_model_from_args, model_name
-    from mmllava.serve.demo import THEME, build_demo, example_images
+    from mmllava.serve.gradio_page import THEME, build_demo, example_images
     from mmllava.serve.worker import GenerationWorker
 
     examples = example_images(args.examples)

@@ -32,7 +32,7 @@ def add_arguments(parser):
 def run(args):
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.plan.planner import make_plan
-    from mmllava.plan.report import plan_json, plan_lines
+    from mmllava.plan.printed_plan import plan_json, plan_lines
 
     gpu_mem = _size(args.gpu_mem) if args.gpu_mem else None
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))

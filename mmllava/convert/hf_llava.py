@@ -26,7 +26,7 @@ from mmllava.convert.legacy import (clip_vision_state, dtype_name, legacy_config
 from mmllava.convert.llm_and_vision_folders import llm_state
 from mmllava.convert.shards import save_safetensors
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.llava import projector_to_hf
+from mmllava.formats.llava_projector import projector_to_hf
 from mmllava.templates import get_template
 
 PROCESSOR_CLASS = 'LlavaProcessor'

@@ -33,7 +33,7 @@ from mmllava.convert.merge import merge_lora
 from mmllava.convert.shards import save_safetensors
 from mmllava.data.internvl_dataset import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, image_token_ids
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.internvl import native_to_official, official_config_to_native
+from mmllava.formats.internvl_native import native_to_official, official_config_to_native
 from mmllava.templates import get_template
 
 INTERNVL_SAVE_FORMATS = ('official', 'huggingface')

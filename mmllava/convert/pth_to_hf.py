@@ -1,7 +1,7 @@
 """``mmllava convert pth_to_hf``: a training checkpoint + its config -> an export folder.
 
 The model is built from the config with ``pretrained_pth`` disabled (the checkpoint replaces it),
-then the checkpoint is loaded through the key styles of ``mmllava.formats.llava``: our
+then the checkpoint is loaded through the key styles of ``mmllava.formats.llava_projector``: our
 ``iter_N.pth`` files, DeepSpeed checkpoint folders, a work dir (its last checkpoint), XTuner's
 ``iter_N.pth`` projector files. Exports merge in place, so memory stays near one model copy.
 InternVL configs export through ``mmllava.convert.internvl_export`` (``official`` by default).

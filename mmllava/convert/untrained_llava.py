@@ -7,7 +7,7 @@ model + processor (``preprocessor_config.json`` and ``processor_config.json``).
 
 To train from it, keep the config's ``llm_name_or_path`` / ``visual_encoder_name_or_path`` pointing
 at the original folders and set ``pretrained_pth = BUILT_DIR``: the projector is read from the
-folder's ``multi_modal_projector.*`` weights (``mmllava.formats.llava``). ``mmllava chat BUILT_DIR``
+folder's ``multi_modal_projector.*`` weights (``mmllava.formats.llava_projector``). ``mmllava chat BUILT_DIR``
 loads it as it is.
 """
 from __future__ import annotations

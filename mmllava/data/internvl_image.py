@@ -24,7 +24,7 @@ from PIL import Image
 
 from mmllava.data.image import to_rgb
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.internvl import force_image_size, is_native_internvl, native_config_to_official, tokens_per_tile
+from mmllava.formats.internvl_native import force_image_size, is_native_internvl, native_config_to_official, tokens_per_tile
 from mmllava.pretrained.folder_reading import read_json, require_dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

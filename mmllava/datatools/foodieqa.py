@@ -18,7 +18,7 @@ from typing import Any
 
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.data.llava_dataset import read_samples
-from mmllava.datatools.files import write_samples
+from mmllava.datatools.sample_writing import write_samples
 from mmllava.errors import MMLLaVAError
 
 ANSWER_JOINER = '，图中的菜是'  # full-width comma, as the seed's script

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from mmllava.data.llava_dataset import read_samples
-from mmllava.datatools.files import write_samples
+from mmllava.datatools.sample_writing import write_samples
 from mmllava.errors import MMLLaVAError
 
 

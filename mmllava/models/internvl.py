@@ -37,7 +37,7 @@ class InternVLModel(MultimodalModel):
     """InternVL2 for training with mmengine.
 
     Args:
-        internvl: :class:`~mmllava.pretrained.internvl.InternVLParts` or its config
+        internvl: :class:`~mmllava.pretrained.internvl_folder.InternVLParts` or its config
             ``dict(type=load_internvl, path=..., torch_dtype=..., quantization_config=...)``.
         freeze_llm / freeze_visual_encoder: keep those weights fixed (LoRA adapters still train).
             The projector (``mlp1``) always trains, as in XTuner's InternVL recipes.

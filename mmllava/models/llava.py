@@ -12,7 +12,7 @@ from torch import nn
 from mmllava.checkpoints import load_state_dict_file
 from mmllava.config import build
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.llava import split_projector_state, xtuner_weights_to_ours
+from mmllava.formats.llava_projector import split_projector_state, xtuner_weights_to_ours
 from mmllava.formats.strict import check_trained_parts, shapes
 from mmllava.models.base import MultimodalModel
 from mmllava.models.lora import is_quantized
@@ -60,7 +60,7 @@ class LLaVAModel(MultimodalModel):
     # ------------------------------------------------------------------ weights
     def load_pretrained(self, path: str) -> None:
         """Load a projector (and any of our trained weights, or XTuner's LoRA adapters, InternLM2
-        ``wqkv`` ones included) from ``path``; any format in ``mmllava.formats.llava``. Each part the
+        ``wqkv`` ones included) from ``path``; any format in ``mmllava.formats.llava_projector``. Each part the
         file holds must be complete and fit (``mmllava.formats.strict.check_trained_parts``)."""
         state = load_state_dict_file(path)
         projector, rest, _ = split_projector_state(state)

@@ -19,7 +19,7 @@ from transformers.models.internvl.modeling_internvl import InternVLMultiModalPro
 
 from mmllava.errors import MMLLaVAError
 from mmllava.formats.internlm2 import internlm2_config_to_llama
-from mmllava.formats.internvl import official_config_to_native
+from mmllava.formats.internvl_native import official_config_to_native
 from mmllava.pretrained.llm import is_internlm2
 
 ARCHITECTURES = Path(__file__).with_name('architectures')
@@ -81,7 +81,7 @@ def meta_clip(config: dict):
 
 def meta_internvl(official: dict) -> dict[str, Any]:
     """``vision``, ``projector``, ``llm`` (meta modules) and the native ``config`` of an official
-    InternVL2 ``config.json`` dict, as ``mmllava.pretrained.internvl`` loads it."""
+    InternVL2 ``config.json`` dict, as ``mmllava.pretrained.internvl_folder`` loads it."""
     config = official_config_to_native({k: v for k, v in official.items() if not k.startswith('_')})
     with torch.device('meta'):
         vision = InternVLVisionModel(config.vision_config)

@@ -17,7 +17,7 @@ import torch
 from mmllava.data.packing import PackedDataset
 from mmllava.errors import MMLLaVAError
 from mmllava.plan.activations import Activations, activation_bytes, precision
-from mmllava.plan.data import DataProfile, read_profile
+from mmllava.plan.sequence_lengths import DataProfile, read_profile
 from mmllava.plan.parameters import PartRow, StateBytes, parameter_rows, state_bytes, trained_tensors
 from mmllava.plan.spec import LoraSpec, ModelSpec, read_model_spec
 
@@ -97,7 +97,7 @@ def make_plan(cfg, num_gpus: int = 1, deepspeed: str | None = None, device: str 
               batch_size: int | None = None, spec: ModelSpec | None = None,
               profile: DataProfile | None = None) -> Plan:
     """The plan of ``cfg`` (see the module docstring) on ``num_gpus`` GPUs (``device='cpu'``: as a CPU
-    run trains, fp32 without autocast, for checking against ``mmllava.plan.measure``)."""
+    run trains, fp32 without autocast, for checking against ``mmllava.plan.measured_memory``)."""
     spec = spec or read_model_spec(cfg)
     profile = profile or read_profile(cfg, spec.image_tokens_per_tile)
     zero_stage, offload = _zero(deepspeed)

@@ -12,7 +12,7 @@ from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
 
 from mmllava.pretrained import load_tokenizer
-from mmllava.pretrained.internvl import load_internvl, load_internvl_image_processor
+from mmllava.pretrained.internvl_folder import load_internvl, load_internvl_image_processor
 from mmllava.data import LengthGroupedSampler
 from mmllava.data.internvl_dataset import InternVLDataset, internvl_collate
 from mmllava.engine import DatasetInfoHook, EvaluateChatHook, TrainLoop

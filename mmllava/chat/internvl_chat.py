@@ -21,7 +21,7 @@ from mmllava.errors import MMLLaVAError
 from mmllava.models import InternVLModel
 from mmllava.pretrained import load_tokenizer
 from mmllava.pretrained.folder_reading import read_json
-from mmllava.pretrained.internvl import load_internvl, load_internvl_image_processor
+from mmllava.pretrained.internvl_folder import load_internvl, load_internvl_image_processor
 
 # InternVL's conversation template names -> ours.
 _OFFICIAL_TEMPLATES = {'internlm2-chat': 'internlm2_chat'}

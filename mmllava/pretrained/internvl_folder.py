@@ -17,7 +17,7 @@ from transformers.models.internvl.modeling_internvl import InternVLMultiModalPro
 
 from mmllava.data.internvl_image import InternVLImageProcessor
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.internvl import (OFFICIAL_PARTS, is_native_internvl, is_official_internvl,
+from mmllava.formats.internvl_native import (OFFICIAL_PARTS, is_native_internvl, is_official_internvl,
                                       native_config_to_official, native_folder_key, official_config_to_native,
                                       official_to_native)
 from mmllava.formats.strict import check_loading_info, expected_shapes, problems, shapes

@@ -1,7 +1,7 @@
 """The plan as printed by ``mmllava plan`` and as JSON."""
 from __future__ import annotations
 
-from mmllava.plan.data import percentile
+from mmllava.plan.sequence_lengths import percentile
 from mmllava.plan.planner import GiB, Plan, recommend
 
 
