@@ -6,10 +6,6 @@ Nothing is saved (no checkpoints, no evaluation). See docs/benchmarks.md for mea
 """
 # Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
-import json
-
-from mmllava.errors import MMLLaVAError
-
 
 def add_arguments(parser):
     parser.add_argument('config', metavar='CONFIG', help='config file or shipped config name (see list-cfg)')
@@ -27,9 +23,12 @@ def add_arguments(parser):
 
 
 def run(args):
+    import json
+
     from mmllava.bench.comparison import benchmark, format_table
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.engine.launch import in_process_world
+    from mmllava.errors import MMLLaVAError
 
     for name in ('steps', 'warmup', 'repeats'):
         minimum = 0 if name == 'warmup' else 1

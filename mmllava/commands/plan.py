@@ -5,13 +5,12 @@ batch that fits --gpu-mem. Reads config.json files and the data's tokenisation o
 that is not on this machine is described from mmllava's shipped architecture files."""
 # Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
-import json
-import re
-
-from mmllava.errors import MMLLaVAError
-
 
 def _size(text: str) -> int:
+    import re
+
+    from mmllava.errors import MMLLaVAError
+
     match = re.fullmatch(r'\s*([\d.]+)\s*([GMT]i?B?)?\s*', text, re.IGNORECASE)
     if not match:
         raise MMLLaVAError(f'--gpu-mem: expected a size such as 24GB or 80GiB, got {text!r}')
@@ -30,6 +29,8 @@ def add_arguments(parser):
 
 
 def run(args):
+    import json
+
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.plan.planner import make_plan
     from mmllava.plan.printed_plan import plan_json, plan_lines

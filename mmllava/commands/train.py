@@ -6,12 +6,6 @@ several nodes), or start it under torchrun / srun with --launcher pytorch / slur
 """
 # Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
-import os
-import os.path as osp
-import re
-import shutil
-import subprocess
-
 _RESUME_LATEST = object()
 
 
@@ -53,6 +47,8 @@ def _created_by_run(work_dir: str):
     """What a run in ``work_dir`` may leave behind: ``(top, before)`` where ``top`` is the highest
     folder of ``work_dir``'s path that does not exist yet (None if it does) and ``before`` the
     names already in ``work_dir``."""
+    import os
+
     top, path = None, os.path.abspath(work_dir)
     while not os.path.exists(path):
         top, path = path, os.path.dirname(path)
@@ -62,6 +58,10 @@ def _created_by_run(work_dir: str):
 def _remove_empty_run(work_dir: str, top, before) -> None:
     """After a run failed: if it saved no checkpoint, remove the folders it made (its timestamped
     log folder, and the work dir itself when the run created it)."""
+    import os
+    import re
+    import shutil
+
     if not os.path.isdir(work_dir):
         return
     new = set(os.listdir(work_dir)) - before
@@ -76,6 +76,10 @@ def _remove_empty_run(work_dir: str, top, before) -> None:
 
 
 def run(args):
+    import os
+    import os.path as osp
+    import subprocess
+
     from mmllava.engine.launch import in_process_world, torchrun_command
 
     if args.launcher == 'none':
