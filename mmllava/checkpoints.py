@@ -90,11 +90,6 @@ def resolve_checkpoint(path: str | os.PathLike, setting: str | None = None) -> P
                        f'(a DeepSpeed iter_N.pth folder) and no {LAST_CHECKPOINT} (a work dir that saved one)')
 
 
-def is_deepspeed_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether ``resolve_checkpoint(path)`` is a DeepSpeed folder (written under ``--deepspeed``)."""
-    return resolve_checkpoint(path).is_dir()
-
-
 # --- reading safely ---------------------------------------------------------------------------
 class _HistoryBufferState:
     """Inert stand-in for ``mmengine.logging.HistoryBuffer`` while unpickling (state only)."""

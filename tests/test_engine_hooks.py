@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from mmllava.engine import DatasetInfoHook, EvaluateChatHook
 from mmllava.datatools.display import format_sample, render_view
+from mmllava.engine import DatasetInfoHook, EvaluateChatHook
 
 
 class CharTokenizer:

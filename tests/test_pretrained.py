@@ -5,8 +5,8 @@ import pytest
 import torch
 from tolerances import transformer_tolerance
 
-from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 from mmllava.errors import MMLLaVAError
+from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 from mmllava.tiny.tokenizers import INTERNLM2_SPECIALS, INTERNVL2_TOKENS, training_text
 
 CHAT = ('<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n'

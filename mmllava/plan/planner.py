@@ -17,8 +17,8 @@ import torch
 from mmllava.data.packing import PackedDataset
 from mmllava.errors import MMLLaVAError
 from mmllava.plan.activations import Activations, activation_bytes, precision
-from mmllava.plan.sequence_lengths import DataProfile, read_profile
 from mmllava.plan.parameters import PartRow, StateBytes, parameter_rows, state_bytes, trained_tensors
+from mmllava.plan.sequence_lengths import DataProfile, read_profile
 from mmllava.plan.spec import LoraSpec, ModelSpec, read_model_spec
 
 HEADROOM = 0.9  # plan to 90% of the GPU: the allocator's fragmentation and the CUDA context need the rest
