@@ -205,3 +205,18 @@ def test_resume_refuses_a_bad_input_in_one_line(bad, bad_forms, tmp_path):
     with pytest.raises(MMLLaVAError) as error:
         _resolve_resume(Config(dict(work_dir=str(tmp_path))), str(path), deepspeed=False)
     assert str(error.value) == f'resume: {reason}'
+
+
+def test_train_resume_takes_a_work_dir_path(tmp_path):
+    """``mmllava train --resume WORK_DIR`` end to end: the run continues from the work dir's last
+    checkpoint (iteration 4 of a run that crashed at 7), as ``--resume iter_4.pth`` would."""
+    from engine_toy import read_losses, write_toy_config
+    from mmllava.cli import main
+
+    config = write_toy_config(tmp_path / 'cfg', save_steps=4)
+    work_dir = tmp_path / 'work'
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        main(['train', str(config), '--work-dir', str(work_dir), '--seed', '3', '--cfg-options', 'crash_at=7'])
+    assert main(['train', str(config), '--work-dir', str(work_dir), '--resume', str(work_dir)]) == 0
+    steps = [int(step) for step, _ in read_losses(work_dir)]
+    assert steps == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8, 9, 10, 11, 12]
