@@ -6,13 +6,16 @@ import argparse
 import importlib
 import sys
 
+from mmllava import __version__, quiet
+from mmllava.errors import MissingExtraError, MMLLaVAError
+
 # verb -> (module under mmllava.commands, one-line help). Verbs appear here only once they work.
 VERBS = {
     'list-cfg': ('list_cfg', 'list the shipped configs'),
     'copy-cfg': ('copy_cfg', 'copy a shipped config to a folder as NAME_copy.py'),
     'convert': ('convert', 'convert a training checkpoint to a model folder, or merge a LoRA adapter'),
     'chat': ('chat', 'chat with a model (text, or an image with --image)'),
-    'build': ('build', 'build an untrained LLaVA folder from an LLM and a vision encoder'),
+    'build': ('build_llava', 'build an untrained LLaVA folder from an LLM and a vision encoder'),
     'train': ('train', 'train from a config (optionally with DeepSpeed ZeRO)'),
     'data': ('data', 'prepare data files: repeat a data set N times, convert FoodieQA'),
     'check-dataset': ('check_dataset', "check a config's training data: counts, bad samples, images, lengths"),
@@ -33,8 +36,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> ArgumentParser:
-    from mmllava import __version__
-
     parser = ArgumentParser(prog='mmllava', description='Fine-tune multimodal LLMs (LLaVA, InternVL2) from configs.')
     parser.add_argument('--version', action='version', version=f'mmllava {__version__}')
     sub = parser.add_subparsers(dest='verb', metavar='VERB', parser_class=ArgumentParser)
@@ -48,9 +49,6 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    from mmllava import quiet
-    from mmllava.errors import MissingExtraError, MMLLaVAError
-
     quiet.install()  # before any library is imported
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tolerances import rounding_tolerance
 
-from mmllava.bench.report import FIELDS, spread, trust_warnings
+from mmllava.bench.comparison import FIELDS, spread, trust_warnings
 from mmllava.cli import main
 from mmllava.engine.machine import format_machine_facts, machine_facts
 
@@ -163,7 +163,7 @@ def test_real_size_models_have_the_real_parameter_counts(tiny_zoo):
 def test_a_real_size_folder_loads_in_its_format(tiny_zoo, tmp_path):
     """Built with one layer and a smaller vocabulary (seconds): bf16 safetensors, loadable, 576 patches."""
     from mmllava.bench.real_size import build_real_size
-    from mmllava.builders import load_image_processor, load_llm, load_vision_encoder
+    from mmllava.pretrained import load_image_processor, load_llm, load_vision_encoder
 
     zoo = Path(tiny_zoo['internlm2_chat']).parent
     llm_folder = build_real_size('internlm2_chat_1_8b', tmp_path, zoo,

@@ -1,4 +1,4 @@
-"""mmllava build (the LLaVA-Qwen2.5 tutorial's model construction): an untrained LLaVA folder from Qwen2.5 + CLIP that transformers loads,
+"""mmllava build (the Qwen2.5-3B LLaVA built from scratch): an untrained LLaVA folder from Qwen2.5 + CLIP that transformers loads,
 with a single-token <image>, the LLM's pad token, both processor files, and a projector that
 training (the huggingface key style of ``pretrained_pth``) and chat can read."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ def test_build_qwen_clip(tiny_zoo, tmp_path):
 
     from mmllava.chat.loader import load_chat_model
     from mmllava.chat.session import ChatSession, GenerationSettings
-    from mmllava.formats.llava import read_hf_llava_projector, split_projector_state
+    from mmllava.formats.llava_projector import read_hf_llava_projector, split_projector_state
 
     out = tmp_path / 'built'
     assert main(['build', '--llm', str(tiny_zoo['qwen2_5_instruct']), '--visual-encoder', str(tiny_zoo['clip_vit']),

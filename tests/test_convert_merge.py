@@ -13,7 +13,7 @@ from mmllava.cli import main
 
 
 def test_merge_llm_adapter(tiny_zoo, tmp_path):
-    from mmllava.builders import load_llm
+    from mmllava.pretrained import load_llm
 
     base = tiny_zoo['internlm2_chat']
     peft_model = get_peft_model(load_llm(base, torch_dtype=torch.float32),
@@ -39,7 +39,7 @@ def test_merge_llm_adapter(tiny_zoo, tmp_path):
 
 
 def test_merge_clip_adapter(tiny_zoo, tmp_path):
-    from mmllava.builders import load_vision_encoder
+    from mmllava.pretrained import load_vision_encoder
 
     base = tiny_zoo['clip_vit']
     peft_model = get_peft_model(load_vision_encoder(base), LoraConfig(

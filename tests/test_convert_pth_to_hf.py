@@ -41,7 +41,7 @@ def weight_keys(folder) -> set[str]:
 def test_huggingface_export_matches_training_logits(tiny_zoo, tmp_path, qlora):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from mmllava.builders import load_image_processor, load_tokenizer
+    from mmllava.pretrained import load_image_processor, load_tokenizer
 
     model = make_checkpoint(tiny_zoo, tmp_path / 'iter_5.pth', qlora=qlora)
     layer = model.llm.base_model.model.model.layers[0].self_attn.q_proj.base_layer
@@ -155,7 +155,7 @@ def test_official_layout(tiny_zoo, tmp_path):
 
 @pytest.mark.parametrize('source', ['work_dir', 'deepspeed_folder', 'xtuner_pretrain_pth'])
 def test_checkpoint_sources(tiny_zoo, tmp_path, source):
-    """Work dir (last checkpoint), DeepSpeed folder, and the LLaVA-InternLM2 tutorial's call: the *pretrain* config name with
+    """Work dir (last checkpoint), DeepSpeed folder, and the LLaVA-InternLM2 QLoRA tutorial's input: the *pretrain* config name with
     XTuner's projector-only iter_2181.pth (``projector.model.N`` keys)."""
     model = make_checkpoint(tiny_zoo, tmp_path / 'made' / 'iter_5.pth', config=PRETRAIN)
     state = model.state_dict()

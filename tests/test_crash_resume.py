@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from engine_toy import train_env, write_toy_config
-from mmllava.engine.checkpoint import safe_torch_load
+from mmllava.checkpoints import safe_torch_load
 
 KILLS = 4
 

@@ -21,7 +21,7 @@ TEXT = {'conversations': [{'from': 'human', 'value': 'What shape is it?'}, {'fro
 
 @pytest.fixture(scope='module')
 def tokenizer(tiny_zoo):
-    from mmllava.builders import load_tokenizer
+    from mmllava.pretrained import load_tokenizer
 
     return load_tokenizer(tiny_zoo['internlm2_chat'])
 
@@ -58,7 +58,7 @@ def test_synthetic_finetune_data(tokenizer, processor):
 
 
 def test_tokenizer_and_processor_from_config_dicts(tiny_zoo, tmp_path):
-    from mmllava.builders import load_image_processor, load_tokenizer
+    from mmllava.pretrained import load_image_processor, load_tokenizer
 
     path = _write(tmp_path, [GOOD])
     dataset = LLaVADataset(path, SHAPES / 'images', dict(type=load_tokenizer, path=tiny_zoo['qwen2_5_instruct']),

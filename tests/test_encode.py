@@ -20,7 +20,7 @@ CASES = {'internlm2_chat': ('internlm2_chat', '<|im_end|>'), 'llama3_chat': ('ll
 
 @pytest.fixture(scope='module')
 def tokenizers(tiny_zoo):
-    from mmllava.builders import load_tokenizer
+    from mmllava.pretrained import load_tokenizer
 
     return {model: load_tokenizer(tiny_zoo[model]) for model in {model for model, _ in CASES.values()}}
 

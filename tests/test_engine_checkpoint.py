@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from engine_toy import write_toy_config
+from mmllava.checkpoints import load_checkpoint_file, safe_torch_load
 from mmllava.cli import main
-from mmllava.engine.checkpoint import load_checkpoint_file, safe_torch_load
 from mmllava.errors import MMLLaVAError
 
 

@@ -174,7 +174,7 @@ def test_load_from_and_resume_load_through_the_checked_loader(tmp_path, monkeypa
     """Both go through ``plain_runner.Runner.load_checkpoint``: mmllava's loader (which notes the
     file it read) and ``load_checkpoint_to_model`` (the weight check), not mmengine's own."""
     from mmllava.engine import plain_runner
-    from mmllava.engine.checkpoint import SOURCE_KEY
+    from mmllava.checkpoints import SOURCE_KEY
 
     config = write_toy_config(tmp_path / 'cfg', num_samples=16, max_epochs=1, save_steps=2)
     first = tmp_path / 'first'

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmllava.datatools.display import format_sample, render_view
 from mmllava.engine import DatasetInfoHook, EvaluateChatHook
-from mmllava.engine.hooks import format_sample
 
 
 class CharTokenizer:
@@ -64,12 +64,18 @@ def _runner(model=None, dataset=None):
 
 
 def test_format_sample_shows_images_and_masked_runs():
+    """The training log and ``log-dataset`` render -200 / -100 runs through the same function."""
     input_ids = [1, *[IMAGE_TOKEN_INDEX] * 3, *map(ord, 'Q?'), *map(ord, 'A!'), 2]
     labels = [IGNORE_INDEX] * 6 + [ord('A'), ord('!'), 2]
-    text = format_sample(input_ids, labels, CharTokenizer())
-    assert text.startswith('9 tokens, 3 trained')
-    assert '\x01[image x 3]Q?A!\x02' in text
-    assert '[-100 x 6]A!\x02' in text
+    tokenizer = CharTokenizer()
+    assert format_sample(input_ids, labels, tokenizer) == (
+        '9 tokens, 3 trained\n'
+        '--- input ---\n\x01<image x 3>Q?A!\x02\n'
+        '--- labels ([-100 x N] = N positions not trained) ---\n[-100 x 6]A!\x02')
+    assert render_view('text', input_ids, labels, tokenizer) == '\x01<image x 3>Q?A!\x02'
+    assert render_view('masked_text', input_ids, labels, tokenizer) == '[-100 x 1]<image x 3>[-100 x 2]A!\x02'
+    assert render_view('input_ids', input_ids, labels, tokenizer) == '[1, -200 x 3, 81, 63, 65, 33, 2]'
+    assert render_view('labels', input_ids, labels, tokenizer) == '[-100 x 6, 65, 33, 2]'
 
 
 def test_dataset_info_hook_warns_when_nothing_is_trained():

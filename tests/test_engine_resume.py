@@ -18,7 +18,7 @@ def _losses_by_iter(work_dir):
 
 @pytest.mark.parametrize('save_steps, crash_at, resumed_from, resume_args', [
     (4, 7, 4, ['--resume']),  # mid-epoch (6 batches per epoch)
-    (3, 8, 6, ['--cfg-options', 'resume=True', 'load_from={work_dir}/iter_6.pth']),  # the InternVL2 food fine-tune's way, epoch end
+    (3, 8, 6, ['--cfg-options', 'resume=True', 'load_from={work_dir}/iter_6.pth']),  # as the InternVL2-2B food fine-tune resumes, epoch end
 ])
 def test_resumed_losses_equal_uninterrupted_run(tmp_path, save_steps, crash_at, resumed_from, resume_args):
     config = write_toy_config(tmp_path / 'cfg', save_steps=save_steps)

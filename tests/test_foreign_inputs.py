@@ -59,7 +59,7 @@ def _keys(folder: Path) -> list[str]:
 @pytest.mark.parametrize('version', ['4', '5'])
 @pytest.mark.parametrize('name', CLIP_FOLDERS)
 def test_every_clip_layout_gives_the_writers_features(written, version, name):
-    from mmllava.builders import load_vision_encoder
+    from mmllava.pretrained import load_vision_encoder
 
     folder, expected, _ = written[version]
     keys = _keys(folder / name)
@@ -83,7 +83,7 @@ def test_every_clip_layout_gives_the_writers_features(written, version, name):
 def test_unprefixed_clip_of_transformers5_is_not_random(written):
     """The issue's failure 1: transformers 5's CLIPVisionModel keys have no ``vision_model.`` prefix;
     they are read (features equal the writer's above), and a layout nobody writes is refused."""
-    from mmllava.builders import load_vision_encoder
+    from mmllava.pretrained import load_vision_encoder
 
     folder, _, _ = written['5']
     source = folder / 'clip_vision'
@@ -105,7 +105,7 @@ def test_unprefixed_clip_of_transformers5_is_not_random(written):
 @pytest.mark.parametrize('version', ['4', '5'])
 @pytest.mark.parametrize('name', ['llama', 'qwen2'])
 def test_llm_folders_give_the_writers_logits_and_token_ids(written, version, name):
-    from mmllava.builders import load_llm, load_tokenizer
+    from mmllava.pretrained import load_llm, load_tokenizer
 
     folder, expected, facts = written[version]
     config = facts[name]['config']
@@ -125,7 +125,7 @@ def test_llm_folders_give_the_writers_logits_and_token_ids(written, version, nam
 
 @pytest.mark.parametrize('version', ['4', '5'])
 def test_llama_class_tokenizer_files_give_the_writers_ids(written, version):
-    from mmllava.builders import load_tokenizer
+    from mmllava.pretrained import load_tokenizer
 
     folder, _, facts = written[version]
     tokenizer = load_tokenizer(folder / 'llama_tokenizer')
@@ -145,7 +145,7 @@ def test_tokenizer_classes_written(written):
 def test_llava_folder_gives_the_writers_logits(written, version):
     """LLaVA-Llama-3 from a transformers LLaVA folder: the vision tower and (as ``pretrained_pth``)
     the projector come from it, the LLM from the Llama folder the writer copied into it."""
-    from mmllava.builders import load_llm, load_vision_encoder
+    from mmllava.pretrained import load_llm, load_vision_encoder
     from mmllava.models import LLaVAModel
 
     folder, expected, facts = written[version]
@@ -161,7 +161,7 @@ def test_llava_folder_gives_the_writers_logits(written, version):
 def test_native_internvl_folder_gives_the_writers_logits(written, version):
     """InternVL2 from a transformers-native ``InternVLForConditionalGeneration`` folder (Qwen2 LLM;
     transformers 5 ties its head through the top-level config, 4.52 does not)."""
-    from mmllava.builders.internvl import load_internvl
+    from mmllava.pretrained.internvl_folder import load_internvl
     from mmllava.models import InternVLModel
 
     folder, expected, facts = written[version]
@@ -241,7 +241,7 @@ def _damage(source: Path, dest: Path, kind: str, key: str) -> tuple[str, tuple, 
 @pytest.fixture(scope='module')
 def trained_llava(tiny_zoo, tmp_path_factory):
     """A LLaVA-Qwen2.5 model and its pretraining checkpoint (the projector), as ``iter_1.pth``."""
-    from mmllava.builders import load_llm, load_vision_encoder
+    from mmllava.pretrained import load_llm, load_vision_encoder
     from mmllava.models import LLaVAModel
 
     model = LLaVAModel(llm=load_llm(tiny_zoo['qwen2_5_instruct']),
@@ -257,7 +257,7 @@ def adapter(written, tmp_path_factory):
     """A PEFT LoRA adapter folder for the transformers-5 Llama, written by PEFT."""
     from peft import LoraConfig, get_peft_model
 
-    from mmllava.builders import load_llm
+    from mmllava.pretrained import load_llm
 
     peft_model = get_peft_model(load_llm(written['5'][0] / 'llama'), LoraConfig(r=4, target_modules=['q_proj', 'v_proj']))
     folder = tmp_path_factory.mktemp('adapter') / 'llama_lora'
@@ -266,19 +266,19 @@ def adapter(written, tmp_path_factory):
 
 
 def _load_llm(folder):
-    from mmllava.builders import load_llm
+    from mmllava.pretrained import load_llm
 
     load_llm(folder)
 
 
 def _load_clip(folder):
-    from mmllava.builders import load_vision_encoder
+    from mmllava.pretrained import load_vision_encoder
 
     load_vision_encoder(folder)
 
 
 def _load_internvl(folder):
-    from mmllava.builders.internvl import load_internvl
+    from mmllava.pretrained.internvl_folder import load_internvl
 
     load_internvl(folder)
 
@@ -354,7 +354,7 @@ def _assert_refused(message, setting, source, component, kind, reported, renamed
 def test_damaged_pretrained_pth_and_load_from_are_refused(trained_llava, tmp_path, kind):
     """The projector of a pretraining run, as ``pretrained_pth`` and as ``load_from`` / resume (a
     ``.pth`` file or a DeepSpeed folder)."""
-    from mmllava.engine.checkpoint import load_checkpoint_file, load_checkpoint_to_model
+    from mmllava.checkpoints import load_checkpoint_file, load_checkpoint_to_model
 
     model, path = trained_llava
     damaged = tmp_path / 'iter_1.pth'
@@ -400,7 +400,7 @@ def test_adapter_merges_to_the_peft_models_logits(written, adapter, tmp_path):
     """The undamaged adapter loads completely: the merged folder gives PEFT's own adapted logits."""
     from peft import PeftModel
 
-    from mmllava.builders import load_llm
+    from mmllava.pretrained import load_llm
     from mmllava.convert.merge import merge_adapter
 
     folder, expected, _ = written['5']

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig
 
-from mmllava.builders import load_llm
+from mmllava.pretrained import load_llm
 from tolerances import transformer_tolerance
 from mmllava.formats.internlm2 import internlm2_config_to_llama, internlm2_to_llama, llama_to_internlm2
 

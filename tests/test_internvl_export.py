@@ -84,7 +84,7 @@ def test_huggingface_export_loads_in_transformers_with_the_training_logits(train
 
 
 def test_official_export_reloads_with_our_loader_with_the_training_logits(trained):
-    from mmllava.builders.internvl import load_internvl
+    from mmllava.pretrained.internvl_folder import load_internvl
     from mmllava.models import InternVLModel
 
     folder = trained['root'] / 'official'

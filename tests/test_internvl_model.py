@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.internvl import native_to_official, official_config_to_native, official_to_native
+from mmllava.formats.internvl_native import native_to_official, official_config_to_native, official_to_native
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_tiny_official_folder_loads_natively_and_matches_reference_internvit(tin
     from safetensors.torch import load_file
     from transformers import InternVLVisionModel, LlamaForCausalLM
 
-    from mmllava.builders.internvl import load_internvl
+    from mmllava.pretrained.internvl_folder import load_internvl
     from mmllava.models import InternVLModel
 
     folder = tiny_zoo['internvl2_official']
@@ -150,7 +150,7 @@ def test_tiny_official_folder_loads_natively_and_matches_reference_internvit(tin
 
 
 def test_loader_refuses_other_folders(tiny_zoo):
-    from mmllava.builders.internvl import load_internvl
+    from mmllava.pretrained.internvl_folder import load_internvl
 
     with pytest.raises(MMLLaVAError, match="is a 'internlm2' model, expected an InternVL folder"):
         load_internvl(tiny_zoo['internlm2_chat'])
@@ -158,8 +158,8 @@ def test_loader_refuses_other_folders(tiny_zoo):
 
 @pytest.fixture(scope='module')
 def dataset_parts(tiny_zoo):
-    from mmllava.builders import load_tokenizer
-    from mmllava.builders.internvl import load_internvl_image_processor
+    from mmllava.pretrained import load_tokenizer
+    from mmllava.pretrained.internvl_folder import load_internvl_image_processor
 
     folder = tiny_zoo['internvl2_official']
     return load_tokenizer(folder), load_internvl_image_processor(folder)
@@ -206,7 +206,7 @@ def test_dataset_layout_tiles_and_collate(tmp_path, dataset_parts):
 
 
 def test_dataset_refuses_two_images_and_tokenizers_without_image_tokens(tmp_path, dataset_parts, tiny_zoo):
-    from mmllava.builders import load_tokenizer
+    from mmllava.pretrained import load_tokenizer
     from mmllava.data.internvl_dataset import InternVLDataset
 
     tokenizer, processor = dataset_parts

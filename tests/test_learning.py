@@ -65,7 +65,7 @@ def test_finetuned_model_answers_held_out_questions(trained):
 
 
 def test_chat_before_and_after_fine_tuning(trained, tiny_zoo, capsys):
-    """Seeds 000/002/004: convert the pretrain and the fine-tune checkpoints, ask about the same
+    """The LLaVA-InternLM2 and LLaVA-Llama-3-8B QLoRA tutorials: convert the pretrain and the fine-tune checkpoints, ask about the same
     held-out image, which the pretrained-only model gets wrong."""
     samples = json.loads(trained['data']['eval'].read_text())
     index = next(i for i, (b, a) in enumerate(zip(trained['before'], trained['after']))

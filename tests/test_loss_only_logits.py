@@ -12,7 +12,7 @@ from mmllava.constants import IGNORE_INDEX
 
 @pytest.fixture(scope='module')
 def model(tiny_zoo):
-    from mmllava.builders import load_llm, load_vision_encoder
+    from mmllava.pretrained import load_llm, load_vision_encoder
     from mmllava.models import LLaVAModel
 
     return LLaVAModel(llm=load_llm(tiny_zoo['llama3_instruct'], torch_dtype=torch.float32),

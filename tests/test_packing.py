@@ -16,7 +16,7 @@ IMAGE_TOKENS = 64  # tiny CLIP: 64 px / 8 px patches
 
 @pytest.fixture(scope='module')
 def model(tiny_zoo):
-    from mmllava.builders import load_llm, load_vision_encoder
+    from mmllava.pretrained import load_llm, load_vision_encoder
     from mmllava.models import LLaVAModel
 
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 """`mmllava plan`: its predicted parameters, gradients, optimizer state and activations against what
-one real CPU training step holds (``mmllava.plan.measure``), and the command on shipped configs.
+one real CPU training step holds (``mmllava.plan.measured_memory``), and the command on shipped configs.
 
 The tiny zoo's hidden sizes (64) leave fixed overheads dominant, so the comparisons run on widened
 tiny models (LLM hidden 256, intermediate 688; CLIP hidden 128) written by the real-size builder.
@@ -38,7 +38,7 @@ def _compare(config: str, options: list[str], batch: int = 2) -> dict[str, tuple
     from mmllava.config import _resolve_type, build, load_config, parse_cfg_options
     from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
     from mmllava.plan.activations import activation_bytes, precision
-    from mmllava.plan.measure import measure_step
+    from mmllava.plan.measured_memory import measure_step
     from mmllava.plan.parameters import parameter_rows, state_bytes, trained_tensors
     from mmllava.plan.spec import read_model_spec
 
@@ -106,7 +106,7 @@ def test_prediction_matches_a_real_step(case, wide, monkeypatch):
 def test_nf4_storage_matches_bitsandbytes():
     from bitsandbytes.nn import Params4bit
 
-    from mmllava.plan.measure import _quant_state_tensors
+    from mmllava.plan.measured_memory import _quant_state_tensors
     from mmllava.plan.parameters import nf4_bytes
 
     weight = torch.randn(512, 384)

@@ -348,7 +348,7 @@ def test_streams_end_when_the_worker_closes(served_chat_model):  # noqa: F811
 def test_demo_uploads_are_checked_from_the_header(tmp_path):
     from mmllava.data.image import load_image
     from mmllava.errors import MMLLaVAError
-    from mmllava.serve.demo import load_upload
+    from mmllava.serve.gradio_page import load_upload
 
     (tmp_path / 'bomb.png').write_bytes(png_bytes((3000, 3000), 'I;16'))
     with pytest.raises(MMLLaVAError) as error:

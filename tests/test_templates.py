@@ -28,7 +28,7 @@ TOKENIZER_OF = {'internlm2_chat': 'internlm2_chat', 'llama3_chat': 'llama3_instr
 
 @pytest.fixture(scope='module')
 def tokenizers(tiny_zoo):
-    from mmllava.builders import load_tokenizer
+    from mmllava.pretrained import load_tokenizer
 
     return {name: load_tokenizer(tiny_zoo[model]) for name, model in TOKENIZER_OF.items()}
 

@@ -110,7 +110,7 @@ def test_the_demo_page_answers_text_only_turns(served):
     import asyncio
 
     from mmllava.chat.loader import load_chat_model
-    from mmllava.serve.demo import build_demo
+    from mmllava.serve.gradio_page import build_demo
     from mmllava.serve.worker import GenerationWorker
 
     _, answers, export = served

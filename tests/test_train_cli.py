@@ -36,8 +36,9 @@ def test_user_error_is_one_line_exit_1_and_cfg_options_reach_derived_fields(tmp_
 ])
 def test_user_errors_are_reported_as_one_line(tmp_path, capsys, args, message):
     config = write_toy_config(tmp_path)
-    zero_folder = tmp_path / 'iter_4.pth'  # what --deepspeed writes: a folder
+    zero_folder = tmp_path / 'iter_4.pth'  # what --deepspeed writes: a folder of DeepSpeed's files
     zero_folder.mkdir()
+    (zero_folder / 'mp_rank_00_model_states.pt').write_bytes(b'')
     args = [a.format(cfg=config, zero_folder=zero_folder) for a in args]
     assert main(['train', *args, '--work-dir', str(tmp_path / 'work')]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('mmllava train: error:')]

@@ -1,5 +1,5 @@
 """The shipped tiny QLoRA LLaVA fine-tune config through ``mmllava train --deepspeed deepspeed_zero2``
-(the LLaVA-InternLM2-1.8B QLoRA tutorial's command) on the tiny zoo: NF4 LLM + LoRA (with dropout) + LoRA on the vision tower
+(the LLaVA-InternLM2 QLoRA tutorial's command) on the tiny zoo: NF4 LLM + LoRA (with dropout) + LoRA on the vision tower
 train, checkpoint, and a run resumed from the first checkpoint logs the same losses as the
 original run (sampler position, optimizer, scheduler and RNG all come back)."""
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_tiny_llava_zero2_trains_and_resumes_exactly(tiny_zoo, tmp_path):
 
 
 def test_seed_000_literally(tiny_zoo, tmp_path):
-    """The LLaVA-InternLM2-1.8B QLoRA tutorial with tiny stand-ins: copy-cfg, edit the variables the tutorial edits, train with
+    """The LLaVA-InternLM2 QLoRA tutorial with tiny stand-ins: copy-cfg, edit the variables the tutorial edits, train with
     `--deepspeed deepspeed_zero2`, checkpoints appear, and `--resume` picks up the latest."""
     import re
 

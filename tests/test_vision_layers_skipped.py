@@ -10,7 +10,7 @@ PIXELS_SEED = 0
 
 
 def _model(tiny_zoo, visual_encoder_lora=None, select_layer=-2):
-    from mmllava.builders import load_llm, load_vision_encoder
+    from mmllava.pretrained import load_llm, load_vision_encoder
     from mmllava.models import LLaVAModel
 
     torch.manual_seed(0)

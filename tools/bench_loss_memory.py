@@ -27,7 +27,7 @@ def _step(args) -> dict:
     import torch.nn.functional as F
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mmllava.builders import load_vision_encoder
+    from mmllava.pretrained import load_vision_encoder
     from mmllava.constants import IGNORE_INDEX
     from mmllava.models import LLaVAModel
 

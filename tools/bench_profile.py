@@ -27,7 +27,7 @@ def main() -> None:
 
     import torch
 
-    from mmllava.bench.measure import current_rss_mb, peak_memory_mb, reset_peak_memory
+    from mmllava.bench.step_records import current_rss_mb, peak_memory_mb, reset_peak_memory
     from mmllava.bench.runs import BareLoop
     from mmllava.config import load_config, parse_cfg_options
 

@@ -15,8 +15,10 @@ import zlib
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, CLIPConfig, CLIPModel
 
 from mmllava.convert.shards import write_shards
+from mmllava.tiny.zoo import internlm2_shapes, native_shapes, random_tensor
 
 # name -> (tiny zoo model of the same family, the real config's shape fields)
 REAL_SIZES = {
@@ -51,10 +53,6 @@ def real_size_config(name: str, tiny_config: dict, overrides: dict | None = None
 def parameter_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Names and shapes of every stored parameter for a ``config.json`` dict (InternLM2, a
     transformers causal LM or CLIP), computed without allocating them."""
-    from transformers import AutoConfig, AutoModelForCausalLM, CLIPConfig, CLIPModel
-
-    from mmllava.tiny.zoo import internlm2_shapes, native_shapes
-
     if config.get('model_type') == 'internlm2':
         return internlm2_shapes(config)
     if config.get('model_type') == 'clip':
@@ -71,8 +69,6 @@ def build_real_size(name: str, out_dir: str | Path, tiny_zoo: str | Path, seed: 
     Memory stays near one shard (5 GB): tensors are drawn as their shard is written, in bf16
     (``mmllava.convert.shards.write_shards``).
     """
-    from mmllava.tiny.zoo import random_tensor
-
     tiny_name, _ = REAL_SIZES[name]
     source, folder = Path(tiny_zoo) / tiny_name, Path(out_dir) / name
     if folder.exists():

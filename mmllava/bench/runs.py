@@ -16,11 +16,19 @@ import tempfile
 from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.distributed as dist
 from mmengine.hooks import Hook
+from mmengine.registry import PARAM_SCHEDULERS
+from mmengine.runner import Runner
+from torch.utils.flop_counter import FlopCounterMode
 
-from mmllava.bench.measure import StepRecorder, batch_counts, reset_peak_memory
+from mmllava.bench.step_records import StepRecorder, batch_counts, reset_peak_memory
 from mmllava.config import build
-from mmllava.engine.runner import _type_name
+from mmllava.engine import compat
+from mmllava.engine.launch import single_process_env
+from mmllava.engine.loops import with_worker_init
+from mmllava.engine.runner import _type_name, build_runner, prepare_config
+from mmllava.engine.schedule import exact_boundaries
 
 _NOT_TIMED_HOOKS = ('EvaluateChatHook', 'DatasetInfoHook')
 
@@ -68,8 +76,6 @@ class _CountFlops(Hook):
 def runner_config(cfg, steps: int, warmup: int, work_dir: str, deepspeed: str | None = None):
     """``cfg`` prepared as ``mmllava train [--deepspeed ZERO]`` does, for ``warmup + steps``
     iterations (see module doc)."""
-    from mmllava.engine.runner import prepare_config
-
     cfg = prepare_config(cfg, work_dir=work_dir, deepspeed=deepspeed)
     loop = copy.deepcopy(cfg.train_cfg)  # the config's loop type, kept an unbuilt lazy import
     loop.pop('max_epochs', None)
@@ -84,8 +90,6 @@ def runner_config(cfg, steps: int, warmup: int, work_dir: str, deepspeed: str | 
 
 def run_framework(cfg, steps: int, warmup: int, deepspeed: str | None = None) -> dict:
     """Train ``warmup + steps`` iterations with ``build_runner``; the steady-state summary."""
-    from mmllava.engine.runner import build_runner
-
     work_dir = tempfile.mkdtemp(prefix='mmllava_bench_')
     try:
         runner = build_runner(runner_config(cfg, steps, warmup, work_dir, deepspeed))
@@ -120,11 +124,6 @@ class BareLoop:
     (forward, backward, clipping, optimizer and schedulers' step; returns the loss)."""
 
     def __init__(self, cfg, steps: int, warmup: int, deepspeed: str | None = None):
-        from mmengine.runner import Runner
-
-        from mmllava.engine import compat
-        from mmllava.engine.loops import with_worker_init
-
         compat.apply()
         # Prepared as for the runner (e.g. the CPU optimizer wrapper); nothing is written to a work dir.
         cfg = runner_config(cfg, steps, warmup, work_dir=tempfile.gettempdir(), deepspeed=deepspeed)
@@ -175,8 +174,6 @@ def _counting(recorder: StepRecorder, batch):
     """Count the FLOPs run inside for ``recorder``, per real token of ``batch``
     (``torch.utils.flop_counter``: matrix products, convolutions and attention, forward and
     backward, activation-checkpoint recomputation included)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         yield
     recorder.flops_counted(counter.get_total_flops(), batch_counts(batch)[1])
@@ -208,10 +205,7 @@ def _plain_step(model, optimizer, wrapper):
 def _deepspeed_step(model, optimizer, ds_config: dict):
     """One step of a DeepSpeed engine on ``model`` and ``optimizer`` (clipping and precision come
     from ``ds_config``); floating inputs are cast to the engine's half type as mmengine's wrapper does."""
-    import deepspeed
-    import torch.distributed as dist
-
-    from mmllava.engine.launch import single_process_env
+    import deepspeed  # seconds to import: only the DeepSpeed variant of the bench pays it
 
     if not dist.is_initialized():  # a world of one, as `mmllava train --deepspeed` starts it
         os.environ.update(single_process_env())
@@ -234,10 +228,6 @@ def _deepspeed_step(model, optimizer, ds_config: dict):
 def _schedulers(scheduler_cfgs, optimizer, epoch_length: int) -> list:
     """The config's ``param_scheduler`` on ``optimizer``, built as the runner builds them (epoch-based
     phases converted to iterations of ``epoch_length``, on the runner's boundaries)."""
-    from mmengine.registry import PARAM_SCHEDULERS
-
-    from mmllava.engine.schedule import exact_boundaries
-
     if isinstance(scheduler_cfgs, dict):
         scheduler_cfgs = [scheduler_cfgs]
     scheduler_cfgs = exact_boundaries(scheduler_cfgs, epoch_length)

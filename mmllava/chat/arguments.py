@@ -2,6 +2,8 @@
 (``demo``, ``serve``) so they accept exactly what ``load_chat_model`` loads. Light: no torch import."""
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def add_model_arguments(parser) -> None:
     """MODEL, ``--llava``, ``--visual-encoder``, ``--prompt-template``, ``--torch-dtype``, ``--bits``."""
@@ -17,6 +19,7 @@ def add_model_arguments(parser) -> None:
 
 def load_model_from_args(args):
     """The :class:`~mmllava.chat.loader.ChatModel` named by the arguments of :func:`add_model_arguments`."""
+    # here, not at the top: `mmllava --help` imports this module (demo/serve arguments); the loader imports torch
     from mmllava.chat.loader import load_chat_model
 
     return load_chat_model(args.model, llava=args.llava, visual_encoder=args.visual_encoder,
@@ -25,6 +28,4 @@ def load_model_from_args(args):
 
 def model_name(args) -> str:
     """The name a served model goes by: its export folder's name (``--llava``), else MODEL's."""
-    from pathlib import Path
-
     return Path(args.llava or args.model).expanduser().resolve().name

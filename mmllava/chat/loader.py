@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | ``LLM --llava XTUNER_EXPORT [--visual-encoder VE]`` | ``llava`` | an ``LLaVAModel`` splices projected features at ``IMAGE_TOKEN_INDEX`` positions |
 | ``HF_EXPORT`` (a ``LlavaForConditionalGeneration`` folder) | ``hf_llava`` | transformers' own model, ``<image>`` id x ``image_seq_length`` |
-| ``INTERNVL_DIR`` (an official InternVL folder or export) | ``internvl`` | an ``InternVLModel``; each image is tiled, ``<img>`` + positions + ``</img>`` (``mmllava.chat.internvl``) |
+| ``INTERNVL_DIR`` (an official InternVL folder or export) | ``internvl`` | an ``InternVLModel``; each image is tiled, ``<img>`` + positions + ``</img>`` (``mmllava.chat.internvl_chat``) |
 | ``HF_INTERNVL`` (an ``InternVLForConditionalGeneration`` folder: our huggingface export) | ``hf_internvl`` | transformers' own model, tiled the same way, ``<IMG_CONTEXT>`` at the positions |
 | ``OFFICIAL_LLAVA`` (the original LLaVA layout: our official export) | ``llava`` | as the xtuner export; the vision tower from ``mm_vision_tower`` or ``--visual-encoder`` |
 | ``LLM`` | ``llm`` | text only |
@@ -23,10 +23,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, LlavaForConditionalGeneration
+from transformers.initialization import no_init_weights
 
-from mmllava.builders.folders import read_json
 from mmllava.constants import IMAGE_TOKEN_INDEX
+from mmllava.convert.official_llava import OFFICIAL_CLASSES
+from mmllava.data.encode import bos_ids, tokenize_with_images
+from mmllava.data.image import expand2square
 from mmllava.errors import MMLLaVAError
+from mmllava.formats.llava_projector import split_projector_state
+from mmllava.formats.strict import check_loading_info, check_weights, load_peft_adapter, shapes
+from mmllava.models import InternVLModel, LLaVAModel
+from mmllava.models.lora import is_quantized
+from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+from mmllava.pretrained.folder_reading import dtype_kwargs, iter_weight_shards, read_json
 from mmllava.templates import TEMPLATES, PromptTemplate, get_template
 
 TORCH_DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
@@ -64,16 +75,12 @@ class ChatModel:
             raise MMLLaVAError('this model is text-only: images need a LLaVA model (--llava or a LLaVA folder)')
         vision = self.model.visual_encoder if self.kind == 'llava' else self.model.model.vision_tower
         if self.pad_image_to_square:
-            from mmllava.data.image import expand2square
-
             image = expand2square(image, self.image_processor.background_rgb)
         return self.image_processor(image)[None].to(self.device, next(vision.parameters()).dtype)
 
     def prompt_ids(self, text: str, images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """``[1, L]`` ids of a rendered prompt: BOS if the template wants it, ``<image>`` -> image positions.
         ``images`` are the conversation's ``pixel_values`` in order (used where they set the token count)."""
-        from mmllava.data.encode import bos_ids, tokenize_with_images
-
         ids = bos_ids(self.tokenizer, self.template) + tokenize_with_images(text, self.tokenizer, self.num_image_tokens)
         if self.image_token_id is not None:
             ids = [self.image_token_id if i == IMAGE_TOKEN_INDEX else i for i in ids]
@@ -103,11 +110,10 @@ def chat_model_for(model, tokenizer, template: str | PromptTemplate, image_proce
     config's model: ``eval --checkpoint`` and ``EvaluateChatHook``), so they build prompts and
     generate exactly as ``chat`` and ``serve`` do with an export of it. ``pad_image_to_square``:
     as the LLaVA dataset of the config did."""
-    from mmllava.models import InternVLModel
-
     template = template if isinstance(template, PromptTemplate) else get_template(template)
     if isinstance(model, InternVLModel):
-        from mmllava.chat.internvl import InternVLChatModel
+        # chat.internvl subclasses ChatModel from this module: imported on use (a cycle otherwise)
+        from mmllava.chat.internvl_chat import InternVLChatModel
 
         return InternVLChatModel('internvl', model, tokenizer, template, image_processor,
                                  getattr(image_processor, 'tokens_per_tile', 0))
@@ -131,7 +137,6 @@ def _quantization(bits: int | None):
         raise MMLLaVAError(f'--bits must be 4 or 8, got {bits}')
     if not torch.cuda.is_available():
         raise MMLLaVAError(f'--bits {bits} needs a CUDA GPU (bitsandbytes inference); none is available here')
-    from transformers import BitsAndBytesConfig
 
     compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return BitsAndBytesConfig(load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_quant_type='nf4',
@@ -140,9 +145,6 @@ def _quantization(bits: int | None):
 
 def _with_adapter(model, adapter: Path):
     """``model`` with the PEFT adapter in ``adapter`` applied strictly (merged unless the model is quantised)."""
-    from mmllava.formats.strict import load_peft_adapter
-    from mmllava.models.lora import is_quantized
-
     peft_model = load_peft_adapter(model, adapter, '--llava')
     return peft_model if is_quantized(model) else peft_model.merge_and_unload()
 
@@ -150,12 +152,6 @@ def _with_adapter(model, adapter: Path):
 def _load_xtuner_export(model_path: Path, llava: Path, visual_encoder: str | None, template: str | None,
                         dtype, quantization) -> ChatModel:
     """LLM + vision tower + ``--llava`` export (projector, adapters, or full llm/visual_encoder)."""
-    from safetensors.torch import load_file
-
-    from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
-    from mmllava.formats.llava import split_projector_state
-    from mmllava.models import LLaVAModel
-
     projector_dir = llava / 'projector'
     if not (projector_dir / 'config.json').is_file():
         hint = ' (it is a transformers LLaVA folder: pass it as MODEL, without --llava)' if (
@@ -188,8 +184,6 @@ def _load_xtuner_export(model_path: Path, llava: Path, visual_encoder: str | Non
 def _load_projector(model, projector: dict, source: Path, setting: str, unused: dict | None = None) -> None:
     """``projector`` (our ``projector.N.*`` keys) into ``model.projector``, strictly: a missing,
     wrong-shaped or (in ``unused``) left-over weight is the one-line error naming ``setting``."""
-    from mmllava.formats.strict import check_weights, shapes
-
     projector = {k.removeprefix('projector.'): v for k, v in projector.items()}
     check_weights(setting, source, shapes(model.projector.state_dict()),
                   {**shapes(projector), **shapes(unused or {})}, 'projector')
@@ -201,15 +195,6 @@ def _load_official_llava(path: Path, visual_encoder: str | None, template: str |
     ``llava_qwen`` / ``llava_mistral`` folders): the LLM's weights with ``model.mm_projector`` beside
     them and the vision tower named by ``mm_vision_tower`` (or ``--visual-encoder``), as a frozen
     ``LLaVAModel``. Every LLM weight must be read and used."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    from mmllava.builders import load_image_processor, load_tokenizer, load_vision_encoder
-    from mmllava.builders.folders import dtype_kwargs, iter_weight_shards
-    from mmllava.convert.official_llava import OFFICIAL_CLASSES
-    from mmllava.formats.llava import split_projector_state
-    from mmllava.models import LLaVAModel
-
     config = read_json(path / 'config.json', 'model')
     llm_types = {llava_type: llm_type for llm_type, (_, llava_type) in OFFICIAL_CLASSES.items()}
     if config.get('model_type') not in llm_types:
@@ -254,11 +239,6 @@ def _load_official_llava(path: Path, visual_encoder: str | None, template: str |
 
 def _load_hf_llava(path: Path, template: str | None, dtype, quantization, device: str) -> ChatModel:
     """A ``LlavaForConditionalGeneration`` folder (our huggingface export or any legacy-layout one)."""
-    from transformers import LlavaForConditionalGeneration
-
-    from mmllava.builders import load_image_processor, load_tokenizer
-    from mmllava.formats.strict import check_loading_info
-
     config = read_json(path / 'config.json', 'model')
     extra = {'quantization_config': quantization, 'device_map': {'': device}} if quantization else {}
     try:
@@ -285,8 +265,6 @@ def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = 
     ``torch_dtype``: ``auto`` (the folder's own), ``float32``, ``bfloat16`` or ``float16``;
     ``bits``: 4 or 8 (CUDA only); ``device``: default ``cuda`` when available, else ``cpu``.
     """
-    from mmllava.builders import load_llm, load_tokenizer
-
     if torch_dtype not in TORCH_DTYPES:
         raise MMLLaVAError(f'--torch-dtype must be one of {", ".join(TORCH_DTYPES)}, got {torch_dtype!r}')
     dtype = torch_dtype if torch_dtype == 'auto' else getattr(torch, torch_dtype)
@@ -302,11 +280,11 @@ def load_chat_model(model: str | os.PathLike, llava: str | os.PathLike | None = 
     elif model_type == 'llava':
         chat = _load_hf_llava(path, prompt_template, dtype, quantization, device)
     elif model_type in ('internvl_chat', 'internvl'):  # official or transformers-native InternVL
-        from mmllava.chat.internvl import load_internvl_chat
+        from mmllava.chat.internvl_chat import load_internvl_chat  # a cycle at the top (see above)
 
         chat = load_internvl_chat(path, prompt_template, dtype, quantization)
     elif model_type == 'internvl':
-        from mmllava.chat.internvl import load_hf_internvl_chat
+        from mmllava.chat.internvl_chat import load_hf_internvl_chat  # a cycle at the top (see above)
 
         chat = load_hf_internvl_chat(path, prompt_template, dtype, quantization, device)
     elif str(model_type).startswith('llava_'):

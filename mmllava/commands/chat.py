@@ -1,7 +1,12 @@
 """Chat with a model: an LLM (text), an LLM + vision encoder + `--llava` xtuner export, or a LLaVA
 folder (huggingface export). Without --prompt it is an interactive loop on stdin (`exit` or EOF
 ends it); each --prompt is one turn, answered in order, then it exits."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
+
+import os
 import sys
+
+from mmllava.errors import MMLLaVAError
 
 
 def add_arguments(parser):
@@ -41,12 +46,9 @@ def _user_turns(prompts):
 
 
 def run(args):
-    import os
-
     from mmllava.chat.loader import load_chat_model
     from mmllava.chat.session import ChatSession, GenerationSettings
     from mmllava.data.image import load_image
-    from mmllava.errors import MMLLaVAError
 
     image = None
     if args.image:  # fail on a bad path before loading the model

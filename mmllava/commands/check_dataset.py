@@ -4,6 +4,7 @@ placeholders that disagree with the images, wrong roles, empty answers, samples 
 token after truncation), every image verified, a token-length summary and the samples longer than
 max_length. Exit code 1 when training would stop on or lose any sample, 0 otherwise. Loads only
 the tokenizer and the image processor, never model weights."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
 
 def add_arguments(parser):

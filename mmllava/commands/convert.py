@@ -1,6 +1,7 @@
 """Convert checkpoints: `pth_to_hf` turns a training checkpoint into an xtuner / huggingface /
 official folder (`internvl_to_official` is its InternVL official-format spelling, as XTuner's
 convert_to_official.py); `merge` merges a PEFT adapter into its base model."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
 
 def add_arguments(parser):

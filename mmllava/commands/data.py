@@ -1,5 +1,6 @@
 """Prepare data files: `repeat` a small LLaVA data set N times, or convert FoodieQA (`foodieqa`) to
 LLaVA format. JSON or JSONL in and out, chosen by the file extension (.jsonl = one sample a line)."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
 
 def add_arguments(parser):
@@ -10,8 +11,9 @@ def add_arguments(parser):
     repeat.add_argument('-o', '--output', required=True, metavar='OUT', help='.json or .jsonl to write')
     repeat.add_argument('-n', '--times', type=int, required=True, metavar='N', help='how many copies (>= 1)')
     food = tools.add_parser('foodieqa', help='convert FoodieQA sivqa_tidy.json to LLaVA format',
-                            description='Convert FoodieQA single-image questions to LLaVA format, as seed 003\'s '
-                                        'process_food.py does. FoodieQA is for evaluation only (CC BY-NC-ND 4.0).')
+                            description='Convert FoodieQA single-image questions to LLaVA format, as the InternVL2-2B '
+                                        "food fine-tune's process_food.py does. FoodieQA is for evaluation only "
+                                        '(CC BY-NC-ND 4.0).')
     food.add_argument('-i', '--input', required=True, metavar='IN', help='sivqa_tidy.json')
     food.add_argument('-o', '--output', required=True, metavar='OUT', help='.json or .jsonl to write')
     food.add_argument('--image-root', metavar='DIR', help='check that every food_file exists under DIR '

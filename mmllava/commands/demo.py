@@ -3,8 +3,13 @@ watch the answer stream in, keep going for several turns and images. MODEL and i
 `mmllava chat`'s. Binds to localhost unless --host says otherwise, and has no authentication: put it
 behind a proxy that authenticates before opening it to a network. The Host header is checked (against
 DNS rebinding), and images over --max-image-pixels are refused from their header, before decoding."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
+
+import os
+
 from mmllava.chat.arguments import add_model_arguments
 from mmllava.commands.serve import add_guard_arguments
+from mmllava.errors import MMLLaVAError, require_extra
 
 
 def add_arguments(parser):
@@ -20,18 +25,14 @@ def add_arguments(parser):
 
 
 def run(args):
-    from mmllava.errors import require_extra
     require_extra('serve', 'gradio')
-    import os
-
-    from mmllava.errors import MMLLaVAError
 
     if args.max_queue < 1 or args.max_upload_mb <= 0 or args.max_image_pixels < 1:
         raise MMLLaVAError('--max-queue and --max-image-pixels must be >= 1, and --max-upload-mb > 0')
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # offline first: no usage reports
 
     from mmllava.chat.arguments import load_model_from_args, model_name
-    from mmllava.serve.demo import THEME, build_demo, example_images
+    from mmllava.serve.gradio_page import THEME, build_demo, example_images
     from mmllava.serve.worker import GenerationWorker
 
     examples = example_images(args.examples)

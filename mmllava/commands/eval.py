@@ -4,6 +4,11 @@ samples with `choices` and `answer` (`mmllava data foodieqa --eval`). MODEL is a
 chat` loads (an LLM + --llava export + --visual-encoder, or a LLaVA folder), or a training CONFIG
 with --checkpoint (iter_N.pth, a DeepSpeed checkpoint folder, or a work dir). Per-sample
 predictions go to --out as JSONL; the accuracy is printed."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
+
+import os
+
+from mmllava.errors import MMLLaVAError
 
 
 def add_arguments(parser):
@@ -40,11 +45,8 @@ def _checkpoint_chat_model(args):
 
 
 def run(args):
-    import os
-
     from mmllava.chat.session import ChatSession, GenerationSettings
     from mmllava.datatools.evaluate import evaluate
-    from mmllava.errors import MMLLaVAError
 
     if not os.path.isfile(args.data):
         raise MMLLaVAError(f'--data: file not found: {args.data}')

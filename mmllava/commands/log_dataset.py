@@ -1,6 +1,9 @@
 """Print a config's training samples as the model sees them: `text` (the decoded input, images as
 <image x N>), `masked_text` (only what the loss is computed on; untrained spans as [-100 x N]),
 `input_ids`, `labels`, or `all`. Loads only the tokenizer and the image processor."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
+
+from mmllava.constants import IGNORE_INDEX
 
 SHOW = ('text', 'masked_text', 'input_ids', 'labels', 'all')
 
@@ -15,7 +18,6 @@ def add_arguments(parser):
 
 def run(args):
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
-    from mmllava.constants import IGNORE_INDEX
     from mmllava.datatools.display import VIEWS, render_view
     from mmllava.datatools.inspect import build_training_dataset
 

@@ -3,6 +3,7 @@ positions counted), parameters by part and storage type, gradients and optimizer
 stage, activations per sample with and without checkpointing, the peak per GPU, and the largest
 batch that fits --gpu-mem. Reads config.json files and the data's tokenisation only; a model folder
 that is not on this machine is described from mmllava's shipped architecture files."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
 
 def _size(text: str) -> int:
@@ -32,7 +33,7 @@ def run(args):
 
     from mmllava.config import load_config, parse_cfg_options, reported_config_errors
     from mmllava.plan.planner import make_plan
-    from mmllava.plan.report import plan_json, plan_lines
+    from mmllava.plan.printed_plan import plan_json, plan_lines
 
     gpu_mem = _size(args.gpu_mem) if args.gpu_mem else None
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))

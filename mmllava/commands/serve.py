@@ -3,7 +3,13 @@ image_url parts, `"stream": true` as server-sent events), GET /v1/models, GET /h
 options are `mmllava chat`'s. One generation runs at a time; up to --max-queue requests wait, more
 get HTTP 503. Images come as data URLs, or as local paths inside --allow-local-images DIR. Requests
 over a budget (image pixels, images, prompt tokens, body size) are refused before any work."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
+
+import os
+from pathlib import Path
+
 from mmllava.chat.arguments import add_model_arguments
+from mmllava.errors import MMLLaVAError, require_extra
 
 
 def add_guard_arguments(parser) -> None:
@@ -53,12 +59,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from mmllava.errors import require_extra
     require_extra('serve', 'fastapi', 'uvicorn')
-    import os
-    from pathlib import Path
-
-    from mmllava.errors import MMLLaVAError
 
     allow = Path(args.allow_local_images).expanduser().resolve() if args.allow_local_images else None
     if allow is not None and not allow.is_dir():

@@ -4,6 +4,7 @@ Checkpoints (iter_N.pth) and logs go to --work-dir (default work_dirs/CONFIG_NAM
 Several processes: NPROC_PER_NODE=N mmllava train ... (plus NNODES, NODE_RANK, ADDR, PORT for
 several nodes), or start it under torchrun / srun with --launcher pytorch / slurm.
 """
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
 _RESUME_LATEST = object()
 

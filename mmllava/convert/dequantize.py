@@ -6,6 +6,7 @@ those dequantised matrices are what an export must hold so its logits equal the 
 from __future__ import annotations
 
 import torch
+from peft.utils.integrations import dequantize_bnb_weight
 from torch import nn
 
 
@@ -22,7 +23,6 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     """The float32 weight a bitsandbytes layer computes with (a plain layer's weight as float32)."""
     if not is_bnb_linear(layer):
         return layer.weight.detach().float()
-    from peft.utils.integrations import dequantize_bnb_weight
 
     return dequantize_bnb_weight(layer.weight, state=getattr(layer, 'state', None)).float()
 

@@ -17,15 +17,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import AddedToken
 
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.convert.chat_template import jinja_chat_template
-from mmllava.convert.folders import llm_state
 from mmllava.convert.legacy import (clip_vision_state, dtype_name, legacy_config_dict, save_image_processor,
                                     save_tokenizer, write_json)
+from mmllava.convert.llm_and_vision_folders import llm_state
 from mmllava.convert.shards import save_safetensors
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.llava import projector_to_hf
+from mmllava.formats.llava_projector import projector_to_hf
 from mmllava.templates import get_template
 
 PROCESSOR_CLASS = 'LlavaProcessor'
@@ -33,8 +34,6 @@ PROCESSOR_CLASS = 'LlavaProcessor'
 
 def add_image_token(tokenizer) -> int:
     """Add ``<image>`` as one special token (if missing) and return its id."""
-    from tokenizers import AddedToken
-
     if DEFAULT_IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_tokens([AddedToken(DEFAULT_IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
     ids = tokenizer.encode(DEFAULT_IMAGE_TOKEN, add_special_tokens=False)

@@ -1,6 +1,6 @@
 """Our InternVL (LoRA merged: no adapters, no bitsandbytes) -> an official or a native transformers folder.
 
-``official`` (default; what seed 003's ``convert_to_official.py`` writes, what LMDeploy, vLLM and
+``official`` (default; what the InternVL2-2B food fine-tune's ``convert_to_official.py`` writes, what LMDeploy, vLLM and
 InternVL's own code load with ``trust_remote_code``)::
 
     config.json            the source folder's InternVLChatConfig, dtype updated, + prompt_template
@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 
 from mmllava.convert.chat_template import jinja_chat_template
-from mmllava.convert.folders import llm_state
 from mmllava.convert.hf_llava import stop_token_ids
 from mmllava.convert.legacy import dtype_name, legacy_config_dict, save_tokenizer, write_json
+from mmllava.convert.llm_and_vision_folders import llm_state
+from mmllava.convert.merge import merge_lora
 from mmllava.convert.shards import save_safetensors
 from mmllava.data.internvl_dataset import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, image_token_ids
 from mmllava.errors import MMLLaVAError
+from mmllava.formats.internvl_native import native_to_official, official_config_to_native
 from mmllava.templates import get_template
 
 INTERNVL_SAVE_FORMATS = ('official', 'huggingface')
@@ -103,8 +105,6 @@ def check_remote_code(source: Path, official: dict) -> None:
 def export_official(model, tokenizer, template: str, save_dir, dtype: torch.dtype,
                     max_shard_size: str | int = '2GB') -> Path:
     """Write a merged ``InternVLModel`` in the official InternVL layout (see the module docstring)."""
-    from mmllava.formats.internvl import native_to_official
-
     source, official = Path(model.source), model.official_config
     check_remote_code(source, official)  # before anything is written
     save_dir = Path(save_dir)
@@ -128,8 +128,6 @@ def export_official(model, tokenizer, template: str, save_dir, dtype: torch.dtyp
 def export_huggingface(model, tokenizer, image_processor, template: str, save_dir, dtype: torch.dtype,
                        max_shard_size: str | int = '2GB') -> Path:
     """Write a merged ``InternVLModel`` as an ``InternVLForConditionalGeneration`` folder with its processor."""
-    from mmllava.formats.internvl import official_config_to_native
-
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     _, _, context_id = image_token_ids(tokenizer)
@@ -180,8 +178,6 @@ def _save_processor(tokenizer, image_processor, image_seq_length: int, template:
 def export_internvl(model, tokenizer, image_processor, save_format: str, save_dir, dtype: torch.dtype,
                     template: str, max_shard_size: str | int = '2GB') -> Path:
     """Merge LoRA (and dequantise a QLoRA LLM) in place, then write ``save_format``."""
-    from mmllava.convert.merge import merge_lora
-
     if save_format not in INTERNVL_SAVE_FORMATS:
         raise MMLLaVAError(f'InternVL exports as {" or ".join(INTERNVL_SAVE_FORMATS)}, not {save_format!r}')
     template = get_template(template).name

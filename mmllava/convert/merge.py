@@ -10,19 +10,21 @@ import os
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from mmllava.convert.dequantize import (clear_quantization_flags, dequantize_model, dequantized_weight,
-                                        is_bnb_linear, plain_linear, replace_module)
+from mmllava.convert.dequantize import (clear_quantization_flags, dequantize_model, dequantized_weight, is_bnb_linear,
+                                        plain_linear, replace_module)
+from mmllava.convert.llm_and_vision_folders import save_llm_folder, save_vision_folder
 from mmllava.errors import MMLLaVAError
+from mmllava.formats.strict import load_peft_adapter
+from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 
 
 def merge_lora(module: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """``module`` (a ``PeftModel`` or a plain, maybe quantised model) with LoRA merged and no
     bitsandbytes layers left; quantised bases become ``dtype`` (default float32)."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
     dtype = dtype or torch.float32
     if isinstance(module, PeftModel):
         for name, layer in list(module.named_modules()):
@@ -45,10 +47,6 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, save_dir:
 
     The dtype is the base's own (float32 with ``fp32``); weights are written in the legacy layout.
     """
-    from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
-    from mmllava.convert.folders import save_llm_folder, save_vision_folder
-    from mmllava.formats.strict import load_peft_adapter
-
     adapter = Path(adapter)
     if not (adapter / 'adapter_config.json').is_file():
         raise MMLLaVAError(f'{adapter}: not a PEFT adapter folder (no adapter_config.json)')

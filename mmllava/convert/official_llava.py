@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from mmllava.convert.chat_template import jinja_chat_template
-from mmllava.convert.folders import save_llm_folder, save_vision_folder
+from mmllava.convert.llm_and_vision_folders import save_llm_folder, save_vision_folder
 from mmllava.errors import MMLLaVAError
-from mmllava.formats.llava import projector_to_llava
+from mmllava.formats.llava_projector import projector_to_llava
 
 # LLM model_type -> (architecture, model_type) of the LLaVA class that wraps it.
 OFFICIAL_CLASSES = {

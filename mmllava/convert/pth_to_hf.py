@@ -1,7 +1,7 @@
 """``mmllava convert pth_to_hf``: a training checkpoint + its config -> an export folder.
 
 The model is built from the config with ``pretrained_pth`` disabled (the checkpoint replaces it),
-then the checkpoint is loaded through the key styles of ``mmllava.formats.llava``: our
+then the checkpoint is loaded through the key styles of ``mmllava.formats.llava_projector``: our
 ``iter_N.pth`` files, DeepSpeed checkpoint folders, a work dir (its last checkpoint), XTuner's
 ``iter_N.pth`` projector files. Exports merge in place, so memory stays near one model copy.
 InternVL configs export through ``mmllava.convert.internvl_export`` (``official`` by default).
@@ -9,28 +9,15 @@ InternVL configs export through ``mmllava.convert.internvl_export`` (``official`
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
 
-from mmllava.errors import MMLLaVAError, PathNotFoundError
+from mmllava.checkpoints import resolve_checkpoint
+from mmllava.errors import MMLLaVAError
 
 SAVE_FORMATS = ('xtuner', 'huggingface', 'official')
-_DEEPSPEED_INNER_FILE = re.compile(r'.*mp_rank_\d+_(model|optim)_states\.pt')
 _FP16_NAMES = ('float16', 'torch.float16', 'fp16')
-
-
-def check_checkpoint_path(path: str | os.PathLike) -> Path:
-    """``path`` if it can be a checkpoint; a one-line error for the usual mistakes."""
-    path = Path(path).expanduser()
-    if path.is_file() and _DEEPSPEED_INNER_FILE.fullmatch(path.name):
-        folder = path.parent.parent if path.parent.name == 'checkpoint' else path.parent
-        raise MMLLaVAError(f'{path} is one file of a DeepSpeed checkpoint; pass the checkpoint folder that '
-                           f'holds it instead: {folder}')
-    if not path.exists():
-        raise PathNotFoundError(f'checkpoint not found: {path}', setting='checkpoint', value=path)
-    return path
 
 
 def export_dtype(cfg, fp32: bool) -> torch.dtype:
@@ -48,7 +35,7 @@ def load_trained_model(config: str | os.PathLike, checkpoint: str | os.PathLike,
     from mmllava.config import build, load_config, reported_config_errors
     from mmllava.models import InternVLModel, LLaVAModel
 
-    checkpoint = check_checkpoint_path(checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint)  # before the slow model build
     cfg = load_config(config, cfg_options)
     if cfg.get('model', {}).get('type') not in (LLaVAModel, InternVLModel):
         raise MMLLaVAError(f'{cfg.filename}: convert pth_to_hf supports LLaVA and InternVL configs '

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import save_file
 
 from mmllava.errors import MMLLaVAError
 
@@ -48,8 +49,6 @@ def write_shards(sizes: dict[str, int], tensor_for: Callable[[str], torch.Tensor
     """Write the tensors ``tensor_for(key)`` in the order of ``sizes`` (bytes per key) as shards of at
     most ``max_shard_size`` (``prefix.safetensors``, or ``prefix-0000i-of-0000n.safetensors`` and
     an index). Each tensor is made when its shard is written, so memory holds one shard at a time."""
-    from safetensors.torch import save_file
-
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     limit = parse_size(max_shard_size)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from mmllava.convert.folders import save_llm_folder, save_vision_folder
 from mmllava.convert.legacy import dtype_name, write_json
+from mmllava.convert.llm_and_vision_folders import save_llm_folder, save_vision_folder
 from mmllava.convert.merge import merge_lora
 from mmllava.convert.shards import save_safetensors
 

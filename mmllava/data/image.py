@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mmllava.builders.folders import require_dir
+from mmllava.paths import require_dir
 from mmllava.errors import ImageError, MMLLaVAError, PathNotFoundError, concerning
 
 # PIL's own default limit (about 89.5 megapixels), raised as an error instead of a warning.

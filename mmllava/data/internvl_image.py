@@ -24,6 +24,9 @@ from PIL import Image
 
 from mmllava.data.image import to_rgb
 from mmllava.errors import MMLLaVAError, concerning
+from mmllava.formats.internvl_native import force_image_size, is_native_internvl, native_config_to_official, tokens_per_tile
+from mmllava.paths import require_dir
+from mmllava.pretrained.folder_reading import read_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,11 +79,6 @@ class InternVLImageProcessor:
     def from_pretrained(cls, path: str | os.PathLike, max_dynamic_patch: int | None = None) -> 'InternVLImageProcessor':
         """The settings of an official InternVL ``config.json`` (``force_image_size``, ``min/max_dynamic_patch``,
         ``use_thumbnail``, ``dynamic_image_size``); ``max_dynamic_patch`` overrides the folder's."""
-        from mmllava.builders.folders import read_json, require_dir
-        from mmllava.formats.internvl import force_image_size, tokens_per_tile
-
-        from mmllava.formats.internvl import is_native_internvl, native_config_to_official
-
         with concerning('path', path):  # what fails inside is about this folder
             config = read_json(require_dir(path, 'path') / 'config.json', 'path')
             if is_native_internvl(config):  # a transformers-native folder: its settings in official names

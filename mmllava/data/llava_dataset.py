@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mmengine.logging import print_log
 
-from mmllava.builders.folders import require_dir
+from mmllava.paths import require_dir
 from mmllava.config import build
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
 from mmllava.data.encode import encode_conversation
@@ -127,8 +128,6 @@ class LLaVADataset(torch.utils.data.Dataset):
         # DatasetInfoHook repeats `skip_report` into the run's log when training starts.
         self.skip_report = None
         if self.skipped:
-            from mmengine.logging import print_log
-
             self.skip_report = (f'{self.data_path}: skipped {len(self.skipped)} of '
                                 f'{len(self.skipped) + len(self.samples)} samples (skip_bad_samples=True): '
                                 f'{summarize_skipped(self.skipped)}')

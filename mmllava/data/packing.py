@@ -31,6 +31,7 @@ import bisect
 
 import torch
 
+from mmllava.config import build
 from mmllava.constants import IGNORE_INDEX
 from mmllava.data.worker import failed_sample
 from mmllava.errors import MMLLaVAError
@@ -92,8 +93,6 @@ class PackedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, max_tokens: int, seed: int = 0):
-        from mmllava.config import build
-
         self.dataset = build(dataset)
         self.max_tokens = max_tokens
         lengths = [abs(n) for n in self.dataset.modality_length]

@@ -1,4 +1,7 @@
-"""Encoded samples as text: what the model reads, and which positions it is trained on."""
+"""Encoded samples as text: what the model reads, and which positions it is trained on.
+
+The one renderer of ``IMAGE_TOKEN_INDEX`` / ``IGNORE_INDEX`` runs (``<image x N>``, ``[-100 x N]``):
+``mmllava log-dataset`` and the training log's ``DatasetInfoHook`` both print through it."""
 from __future__ import annotations
 
 import itertools
@@ -35,6 +38,14 @@ def ids_with_runs(ids: Sequence[int]) -> str:
     for value, run in _runs(ids):
         parts.extend([f'{value} x {run}'] if isinstance(run, int) else [str(i) for i in run])
     return '[' + ', '.join(parts) + ']'
+
+
+def format_sample(input_ids: Sequence[int], labels: Sequence[int], tokenizer) -> str:
+    """Two views of an encoded sample (``DatasetInfoHook``'s log): what the model reads, and what
+    it is trained to write."""
+    trained = sum(1 for i in labels if i != IGNORE_INDEX)
+    return (f'{len(input_ids)} tokens, {trained} trained\n--- input ---\n{decode_with_runs(input_ids, tokenizer)}\n'
+            f'--- labels ([-100 x N] = N positions not trained) ---\n{decode_with_runs(labels, tokenizer)}')
 
 
 def render_view(view: str, input_ids: Sequence[int], labels: Sequence[int], tokenizer) -> str:

@@ -20,6 +20,9 @@ import string
 from pathlib import Path
 
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
+from mmllava.data.encode import parse_conversation
+from mmllava.data.image import load_image, resolve_image_path
+from mmllava.data.llava_dataset import read_samples
 from mmllava.errors import MMLLaVAError
 
 _PUNCTUATION = string.punctuation + '，。！？；：、“”‘’（）《》【】…'
@@ -59,8 +62,6 @@ def match_choice(prediction: str, choices: list[str]) -> int | None:
 def split_sample(raw: dict) -> tuple[str | None, list[str], str]:
     """``(system, turns, gold)``: the prompt turns (user, assistant, ..., user; placeholders removed)
     and the last gpt answer."""
-    from mmllava.data.encode import parse_conversation
-
     system, pairs = parse_conversation(raw.get('conversations') if isinstance(raw, dict) else None)
     turns = [text for pair in pairs for text in pair][:-1]
     turns = [text.replace(DEFAULT_IMAGE_TOKEN, '').strip() for text in turns]
@@ -87,8 +88,6 @@ def sample_image(raw: dict) -> str | None:
 def check_image_found(image: str, image_folder: str | os.PathLike | None) -> None:
     """A one-line error naming the path tried and where relative paths are read from, when ``image``
     is not a file there."""
-    from mmllava.data.image import resolve_image_path
-
     tried = resolve_image_path(image, image_folder).absolute()
     if not tried.is_file():
         where = (f'read relative to --image-folder {image_folder}' if image_folder is not None else
@@ -112,8 +111,6 @@ def default_image_folder(data_path: str | os.PathLike, samples: list) -> Path | 
 def predict(session, raw: dict, image_folder: str | os.PathLike | None, system: str | None = None) -> str:
     """``session``'s answer to ``raw``'s prompt (its image before the first question); the sample's
     own system turn, else ``system``, else the template's default."""
-    from mmllava.data.image import load_image
-
     own_system, turns, _ = split_sample(raw)
     session.reset()
     session.system = own_system if own_system is not None else system
@@ -139,8 +136,6 @@ def evaluate(session, data_path: str | os.PathLike, image_folder: str | os.PathL
     ``image_folder`` ``None``: see :func:`default_image_folder`.
     Returns ``{'total', 'correct', 'accuracy', 'multiple_choice', 'image_folder'}``: how many samples
     were multiple-choice, and the image folder used."""
-    from mmllava.data.llava_dataset import read_samples
-
     samples = read_samples(data_path)[:limit]
     if not samples:
         raise MMLLaVAError(f'{data_path}: no samples to evaluate')

@@ -1,6 +1,6 @@
 """``mmllava data foodieqa``: FoodieQA single-image questions (``sivqa_tidy.json``) -> LLaVA format.
 
-Training samples are exactly what seed 003's ``process_food.py`` writes::
+Training samples are exactly what the InternVL2-2B food fine-tune's ``process_food.py`` writes::
 
     {"image": food_meta.food_file,
      "conversations": [{"from": "human", "value": question + "\\n<image>"},
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
+from mmllava.data.llava_dataset import read_samples
+from mmllava.datatools.sample_writing import write_samples
 from mmllava.errors import MMLLaVAError
 
 ANSWER_JOINER = '，图中的菜是'  # full-width comma, as the seed's script
@@ -59,9 +61,6 @@ def convert_file(input_path: str | os.PathLike, output_path: str | os.PathLike,
     With ``image_root``, every ``food_file`` must exist under it (the folder to use as the config's
     ``image_folder``); the first missing one is reported with the number missing.
     """
-    from mmllava.data.llava_dataset import read_samples
-    from mmllava.datatools.files import write_samples
-
     entries = read_samples(input_path)
     try:
         samples = [convert_entry(entry, index, eval_form) for index, entry in enumerate(entries)]

@@ -12,7 +12,12 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 
+from mmllava.config import build
 from mmllava.constants import IGNORE_INDEX
+from mmllava.data.encode import parse_conversation
+from mmllava.data.image import check_image, resolve_image_path
+from mmllava.data.llava_dataset import LLaVADataset
+from mmllava.data.packing import unpacked_dataset_cfg
 from mmllava.errors import ImageError, MMLLaVAError, PathNotFoundError, PlaceholderError, TruncationError
 
 # Problem kinds, by the type of error the dataset raised for the sample (first match wins).
@@ -36,10 +41,6 @@ def build_training_dataset(cfg, **overrides):
     Only the tokenizer and the image processor are loaded, never model weights. The commands call
     it inside ``mmllava.config.reported_config_errors``, which refuses wrong arguments beforehand.
     """
-    from mmllava.config import build
-    from mmllava.data.llava_dataset import LLaVADataset
-    from mmllava.data.packing import unpacked_dataset_cfg
-
     dataset_cfg = unpacked_dataset_cfg((cfg.get('train_dataloader') or {}).get('dataset'))
     dataset_type = dataset_cfg.get('type') if isinstance(dataset_cfg, dict) else None
     if not (isinstance(dataset_type, type) and issubclass(dataset_type, LLaVADataset)):  # InternVLDataset is one
@@ -105,9 +106,6 @@ def _trained_spans(labels) -> int:
 
 def inspect_dataset(dataset, raw_samples: list, verify_images: bool = True) -> DatasetReport:
     """Report on ``dataset`` (an ``LLaVADataset`` built with ``skip_bad_samples=True`` from ``raw_samples``)."""
-    from mmllava.data.encode import parse_conversation
-    from mmllava.data.image import check_image, resolve_image_path
-
     report = DatasetReport(str(dataset.data_path), dataset.max_length, samples=len(raw_samples),
                            problems=list(dataset.skipped))
     for raw in raw_samples:

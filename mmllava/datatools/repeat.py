@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from mmllava.data.llava_dataset import read_samples
+from mmllava.datatools.sample_writing import write_samples
 from mmllava.errors import MMLLaVAError
 
 
@@ -19,9 +21,6 @@ def repeat_file(input_path: str | os.PathLike, output_path: str | os.PathLike, t
 
     JSON or JSONL on either side, by extension.
     """
-    from mmllava.data.llava_dataset import read_samples
-    from mmllava.datatools.files import write_samples
-
     repeated = repeat_samples(read_samples(input_path), times)
     write_samples(output_path, repeated)
     return len(repeated)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import os.path as osp
 
+from mmengine.dist import barrier, is_main_process
+from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook as _MMEngineCheckpointHook
 
-from mmllava.engine.checkpoint import LAST_CHECKPOINT, commit, remove_path, write_text_atomic
+from mmllava.checkpoints import LAST_CHECKPOINT
+from mmllava.engine.atomic_write import commit, remove_path, write_text_atomic
+from mmllava.engine.resume import get_rng_state
 
 
 class CheckpointHook(_MMEngineCheckpointHook):
@@ -23,11 +27,6 @@ class CheckpointHook(_MMEngineCheckpointHook):
     """
 
     def _save_checkpoint_with_step(self, runner, step, meta):
-        from mmengine.dist import barrier, is_main_process
-        from mmengine.fileio import LocalBackend
-
-        from mmllava.engine.resume import get_rng_state
-
         if not isinstance(self.file_backend, LocalBackend):
             return super()._save_checkpoint_with_step(runner, step, meta)
         filename = self.filename_tmpl.format(step)

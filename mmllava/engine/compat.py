@@ -105,12 +105,12 @@ def check_target(entry: Upstream):
 def _register_checkpoint_loader() -> None:
     """mmengine's local checkpoint loader calls ``torch.load(filename)``; since torch 2.6 that means
     ``weights_only=True`` and our own ``iter_N.pth`` (message hub, numpy history) fails with
-    UnpicklingError. Local paths load through ``engine.checkpoint.load_checkpoint_file`` instead
+    UnpicklingError. Local paths load through ``mmllava.checkpoints.load_checkpoint_file`` instead
     (an allow-list of exactly what our checkpoints hold), registered with mmengine's public
     ``CheckpointLoader.register_scheme``: ``load_from``, resume and ``pretrained_pth`` use it."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from mmllava.engine.checkpoint import load_checkpoint_file
+    from mmllava.checkpoints import load_checkpoint_file
 
     CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file, force=True)
 

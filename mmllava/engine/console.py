@@ -11,7 +11,13 @@ import logging
 import os
 import re
 
+import torch
+from mmengine._strategy.base import BaseStrategy
 from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
+from mmengine.runner import Runner
+
+from mmllava.engine.hooks import _unwrap
 
 # INFO records that only the log file gets (by how the message starts).
 _LOG_FILE_ONLY = (
@@ -98,10 +104,6 @@ _VERBOSE = [False]
 def install(verbose: bool = False) -> None:
     """Every mmengine logger built from now on (the runner's, or DeepSpeed strategy's) and the
     current one get the train console (``attach``)."""
-    from mmengine._strategy.base import BaseStrategy
-    from mmengine.logging import MMLogger
-    from mmengine.runner import Runner
-
     _VERBOSE[0] = verbose
     for cls in (Runner, BaseStrategy):
         if not getattr(cls.build_logger, '_mmllava_console', False):
@@ -139,10 +141,6 @@ class TrainSummaryHook(Hook):
     priority = 'VERY_HIGH'  # before the hooks that print the chat evaluation
 
     def before_train(self, runner) -> None:
-        import torch
-
-        from mmllava.engine.hooks import _unwrap
-
         model = _unwrap(runner.model)
         params = list(model.parameters())
         trainable = sum(_count(p) for p in params if p.requires_grad)

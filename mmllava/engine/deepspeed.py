@@ -15,7 +15,12 @@ from pathlib import Path
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from mmengine._strategy import DeepSpeedStrategy as _MMEngineDeepSpeedStrategy
+from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
+from mmllava.checkpoints import (SOURCE_KEY, check_checkpoint_fits, load_checkpoint_file, load_checkpoint_to_model,
+                                 resolve_checkpoint, safe_torch_load)
+from mmllava.engine import compat
+from mmllava.engine.schedule import exact_boundaries
 from mmllava.errors import MMLLaVAError
 
 CONFIG_DIR = Path(__file__).with_name('deepspeed_configs')
@@ -96,13 +101,12 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
     - distributed init without CUDA: ``launch.init_cpu_process_group`` starts it before the runner;
     - checkpoints: DeepSpeed's checkpoint engine unpickles everything (``weights_only=False``):
       it is replaced by ``safe_torch_load``; mmengine skips the ``before_save_checkpoint`` and
-      ``after_load_checkpoint`` hooks under DeepSpeed: they are called; ``load_from`` also takes
-      a plain ``.pth`` file (loaded non-strictly into the module).
+      ``after_load_checkpoint`` hooks under DeepSpeed: they are called; ``load_from`` and resume
+      take every input ``mmllava.checkpoints.resolve_checkpoint`` does (a plain ``.pth`` file is
+      loaded non-strictly into the module).
     """
 
     def __init__(self, **kwargs):
-        from mmllava.engine import compat
-
         compat.apply()
         if isinstance(kwargs.get('config'), dict):  # a ConfigDict would be pickled into every checkpoint
             kwargs['config'] = json.loads(json.dumps(kwargs['config']))
@@ -115,14 +119,10 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
                 raise
             register_deepspeed_optimizers()
         if self.config.get('zero_optimization', {}).get('stage') == 3:
-            from transformers.integrations.deepspeed import HfDeepSpeedConfig
-
             self.hf_deepspeed_config = HfDeepSpeedConfig(self.config)
 
     def build_param_scheduler(self, scheduler, optim_wrapper, default_args=None):
         """mmengine's, on the config's phases with whole-iteration boundaries (``engine.schedule``)."""
-        from mmllava.engine.schedule import exact_boundaries
-
         if 'epoch_length' in self.dispatch_kwargs:
             scheduler = exact_boundaries(scheduler, self.dispatch_kwargs['epoch_length'],
                                          self.dispatch_kwargs.get('max_epochs'))
@@ -143,6 +143,7 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
 
     def resume(self, filename, *, resume_optimizer=True, resume_param_scheduler=True, map_location='default',
                callback=None):
+        filename = str(resolve_checkpoint(filename, 'resume'))  # the folder DeepSpeed reads
         _check_folder_fits(self.model.module, filename)
         checkpoint = super().resume(filename, resume_optimizer=resume_optimizer,
                                     resume_param_scheduler=resume_param_scheduler)
@@ -152,8 +153,7 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
 
     def load_checkpoint(self, filename, *, map_location='cpu', strict=False, revise_keys=[(r'^module.', '')],
                         callback=None):
-        from mmllava.engine.checkpoint import load_checkpoint_file, load_checkpoint_to_model
-
+        filename = str(resolve_checkpoint(filename, 'load_from'))
         if os.path.isdir(filename):
             _check_folder_fits(self.model.module, filename)
             checkpoint = super().load_checkpoint(filename)
@@ -169,8 +169,6 @@ class DeepSpeedStrategy(_MMEngineDeepSpeedStrategy):
 def _check_folder_fits(model, folder) -> None:
     """DeepSpeed loads module states non-strictly (frozen parameters are left out of the files):
     check a checkpoint folder's weights against the model first (``check_checkpoint_fits``)."""
-    from mmllava.engine.checkpoint import SOURCE_KEY, check_checkpoint_fits, load_checkpoint_file
-
     checkpoint = load_checkpoint_file(folder, map_location='cpu')
     state = checkpoint['state_dict']
     if any(t.numel() == 0 for t in state.values()):
@@ -182,8 +180,6 @@ class SafeTorchCheckpointEngine(TorchCheckpointEngine):
     """DeepSpeed's torch checkpoint engine, loading with ``safe_torch_load`` (it unpickles anything)."""
 
     def load(self, path, map_location=None):
-        from mmllava.engine.checkpoint import safe_torch_load
-
         return safe_torch_load(path, map_location=map_location)
 
 

@@ -10,43 +10,26 @@
 """
 from __future__ import annotations
 
-import itertools
 import resource
 import time
 
 import torch
+from mmengine.dist import all_reduce, get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from mmllava.chat.loader import chat_model_for
+from mmllava.chat.session import ChatSession, GenerationSettings
 from mmllava.config import build
-from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmllava.constants import IGNORE_INDEX
+from mmllava.data.image import load_image
+from mmllava.datatools.display import format_sample
 
 
 def _unwrap(model):
     while is_model_wrapper(model):  # DDP, or mmengine's DeepSpeed engine wrapper (-> engine.module)
         model = model.module
     return model
-
-
-def format_tokens(ids, tokenizer, special: dict[int, str]) -> str:
-    """Decode ``ids``; runs of a ``special`` id (e.g. -100) print as ``[label x N]``."""
-    parts = []
-    for value, run in itertools.groupby(int(i) for i in ids):
-        run = list(run)
-        if value in special:
-            parts.append(f'[{special[value]} x {len(run)}]')
-        else:
-            parts.append(tokenizer.decode(run, skip_special_tokens=False))
-    return ''.join(parts)
-
-
-def format_sample(input_ids, labels, tokenizer) -> str:
-    """Two views of an encoded sample: what the model reads, and what it is trained to write."""
-    trained = sum(1 for i in labels if i != IGNORE_INDEX)
-    text = format_tokens(input_ids, tokenizer, {IMAGE_TOKEN_INDEX: 'image'})
-    target = format_tokens(labels, tokenizer, {IGNORE_INDEX: '-100', IMAGE_TOKEN_INDEX: 'image'})
-    return (f'{len(input_ids)} tokens, {trained} trained\n--- input ---\n{text}\n'
-            f'--- labels ([-100 x N] = N positions not trained) ---\n{target}')
 
 
 class DatasetInfoHook(Hook):
@@ -103,10 +86,6 @@ class EvaluateChatHook(Hook):
         """One log line per (image, input): ``model`` answers through the prompt path of ``chat``,
         ``eval`` and ``serve`` (``ChatSession`` on a ``ChatModel``), LLaVA and InternVL alike; an
         input without an image is a text-only turn."""
-        from mmllava.chat.loader import chat_model_for
-        from mmllava.chat.session import ChatSession, GenerationSettings
-        from mmllava.data.image import load_image
-
         settings = GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=0, extra=self.generation_kwargs)
         session = ChatSession(chat_model_for(model, self.tokenizer, self.template, self.image_processor),
                               system=self.system, settings=settings)
@@ -171,8 +150,6 @@ class ThroughputHook(Hook):
             self._start = time.perf_counter()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        from mmengine.dist import all_reduce, get_world_size
-
         now = time.perf_counter()
         elapsed, self._start = now - self._start, now
         hub = runner.message_hub

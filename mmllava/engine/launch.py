@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 
+from mmllava.errors import MMLLaVAError
+
 
 def free_port() -> int:
     """A TCP port free on this host right now."""
@@ -76,8 +78,6 @@ def init_cpu_process_group(launcher: str, env_cfg: dict | None, deepspeed: bool)
 
 
 def _int_env(name: str, default: int) -> int:
-    from mmllava.errors import MMLLaVAError
-
     value = os.environ.get(name, '')
     if not value:
         return default
@@ -128,6 +128,7 @@ def in_process_world():
 def _close_process_group() -> None:
     """Destroy the process group (and free its TCP port). Through DeepSpeed when it made the group:
     DeepSpeed caches its groups and would hand the dead ones to the next engine."""
+    # torch is imported by the training processes only, not by `mmllava train` re-running itself under torchrun
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):

@@ -14,6 +14,8 @@ import copy
 import logging
 
 import torch
+from mmengine.dist import all_reduce, get_world_size
+from mmengine.logging import print_log
 from mmengine.registry import FUNCTIONS, LOOPS
 from mmengine.runner.base_loop import BaseLoop
 
@@ -141,8 +143,6 @@ class TrainLoop(BaseLoop):
     def _epoch_batches(self, resuming: bool):
         """The batches left in the current epoch. Resuming, the position is reached by skipping
         sampler indices, then the checkpoint's RNG state is restored (see module doc)."""
-        from mmengine.logging import print_log
-
         offset = self._iter % len(self.dataloader)
         sampler = getattr(self.dataloader, 'sampler', None)
         rng_state = self.runner.message_hub.get_info('rng_state') if resuming else None
@@ -182,9 +182,6 @@ def _ensure_training(model) -> None:
 
 def _mean_over_ranks(outputs):
     """Average the scalar tensors a train step logs over ranks (rank 0 logs the run, not its shard)."""
-    import torch
-    from mmengine.dist import all_reduce, get_world_size
-
     if get_world_size() == 1 or not isinstance(outputs, dict):
         return outputs
     keys = [k for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.numel() == 1]

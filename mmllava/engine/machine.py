@@ -12,6 +12,8 @@ import os
 import platform
 from importlib import metadata
 
+import torch
+
 # /proc/cpuinfo flag -> the name the log prints, in that order
 ISA_FEATURES = {'avx2': 'AVX2', 'avx512f': 'AVX-512', 'avx512_bf16': 'AVX512-BF16', 'amx_tile': 'AMX'}
 LIBRARIES = ('torch', 'transformers', 'bitsandbytes', 'deepspeed')
@@ -41,8 +43,6 @@ def machine_facts(cpuinfo_path: str = '/proc/cpuinfo') -> dict:
     """CPU model, ``isa`` (feature -> bool, None where the CPU's flags cannot be read), torch's CPU
     capability (the kernels it dispatches to), library versions (None: not installed), torch threads,
     CPU count and the CUDA device (None on a CPU run)."""
-    import torch
-
     try:
         with open(cpuinfo_path, encoding='utf-8', errors='replace') as f:
             model, flags = parse_cpuinfo(f.read())

@@ -3,7 +3,7 @@ methods overridden (under ``--deepspeed``, ``deepspeed.DeepSpeedStrategy`` does 
 
 - ``load_checkpoint`` (``load_from`` and resume both go through it): the checkpoint's weights are
   checked against the model before mmengine's non-strict load, which only logs what did not fit
-  and would train on from a partly initialised model (``engine.checkpoint.load_checkpoint_to_model``).
+  and would train on from a partly initialised model (``mmllava.checkpoints.load_checkpoint_to_model``).
 - ``build_param_scheduler``: epoch-based phases begin and end on the iterations that
   ``engine.schedule`` chooses (mmengine truncates a 0.03-epoch warm-up to 0 or 1 iteration).
 
@@ -15,7 +15,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner as _MMEngineRunner
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from mmllava.engine.checkpoint import load_checkpoint_to_model
+from mmllava.checkpoints import load_checkpoint_to_model
 from mmllava.engine.schedule import exact_boundaries
 
 

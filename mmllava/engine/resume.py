@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 import torch
+from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
 
@@ -25,8 +26,6 @@ class ResumableSampler(Sampler):
 
     def __init__(self, sampler, dataset=None, seed=None):
         if isinstance(sampler, dict):
-            from mmengine.registry import DATA_SAMPLERS
-
             sampler = DATA_SAMPLERS.build(sampler, default_args=dict(dataset=dataset, seed=seed))
         self.sampler = sampler
         self._skip = 0

@@ -16,6 +16,7 @@ import uuid
 
 import torch
 
+from mmllava.checkpoints import resolve_checkpoint
 from mmllava.engine.compat import log
 from mmllava.errors import MMLLaVAError, PathNotFoundError
 
@@ -47,11 +48,10 @@ def _resolve_resume(cfg, resume, deepspeed: bool) -> None:
             cfg.resume, cfg.load_from = False, None
             return
         resume = latest
-    if not os.path.exists(resume):
-        raise MMLLaVAError(f'resume: checkpoint not found: {resume}')
-    if os.path.isdir(resume) != deepspeed:
+    resume = resolve_checkpoint(resume, 'resume')  # a .pth file or a DeepSpeed folder, from any accepted form
+    if resume.is_dir() != deepspeed:
         # a plain runner would load a ZeRO folder's weights and silently skip its optimizer state
-        written, needed = ('with', 'without') if os.path.isdir(resume) else ('without', 'with')
+        written, needed = ('with', 'without') if resume.is_dir() else ('without', 'with')
         raise MMLLaVAError(f'resume: {resume} was written {written} --deepspeed; resume it {written} --deepspeed '
                            f'(to start a run {needed} it from its weights, set load_from and not resume)')
     cfg.resume, cfg.load_from = True, str(resume)

@@ -18,6 +18,10 @@ from __future__ import annotations
 import re
 from typing import Iterable, Mapping
 
+import torch
+from peft import PeftConfig, PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import load_peft_weights
+
 from mmllava.errors import MMLLaVAError
 
 # (pattern, reason): the only keys that may be absent from a file or present without a parameter.
@@ -56,8 +60,6 @@ def expected_shapes(model_class, config) -> dict[str, tuple[int, ...]]:
     """``{key: shape}`` of the state dict ``model_class(config)`` has, built on the meta device
     (no memory, no initialisation) and before any quantization, so a 4-bit model is checked
     against the shapes its checkpoint must have."""
-    import torch
-
     with torch.device('meta'):
         model = model_class(config)
     return shapes(model.state_dict())
@@ -137,9 +139,6 @@ def load_peft_adapter(model, adapter, setting: str):
     """``model`` wrapped by the PEFT adapter folder ``adapter``, strictly: the adapter file must hold
     exactly the tensors the adapter's config makes PEFT create, with their shapes (PEFT itself
     only warns about missing adapter weights and leaves them at their initial values)."""
-    from peft import PeftConfig, PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
-    from peft.utils import load_peft_weights
-
     try:
         config = PeftConfig.from_pretrained(str(adapter))
         weights = load_peft_weights(str(adapter), device='cpu')

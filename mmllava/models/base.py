@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mmllava.errors import MMLLaVAError
+from mmllava.models.lora import GRADIENT_CHECKPOINTING_KWARGS, apply_lora, keep_4bit_training_layout, prepare_llm
 
 
 class MultimodalModel(BaseModel):
@@ -44,8 +45,6 @@ class MultimodalModel(BaseModel):
                         use_activation_checkpointing: bool, llm_lora, visual_encoder_lora) -> nn.Module:
         """Freeze, quantisation prep, gradient checkpointing and LoRA for ``self.llm`` and ``vision``;
         returns ``vision`` (wrapped by PEFT when it gets LoRA) for the subclass to store."""
-        from mmllava.models.lora import GRADIENT_CHECKPOINTING_KWARGS, apply_lora, keep_4bit_training_layout, prepare_llm
-
         if freeze_llm:
             self.llm.requires_grad_(False)
         if freeze_visual_encoder:
@@ -67,8 +66,6 @@ class MultimodalModel(BaseModel):
         """``nn.Module.train``, then every 4-bit weight back in its training layout: whatever packed
         one for CPU inference while the model evaluated (a hook, or code that switched bitsandbytes'
         flag on again), no training step computes through it."""
-        from mmllava.models.lora import keep_4bit_training_layout
-
         super().train(mode)
         if mode:
             keep_4bit_training_layout(self)

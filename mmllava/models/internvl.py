@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmllava.checkpoints import load_state_dict_file
 from mmllava.config import build
 from mmllava.errors import concerning
+from mmllava.formats.strict import check_trained_parts, shapes
 from mmllava.models.base import MultimodalModel
 
 
@@ -36,7 +38,7 @@ class InternVLModel(MultimodalModel):
     """InternVL2 for training with mmengine.
 
     Args:
-        internvl: :class:`~mmllava.builders.internvl.InternVLParts` or its config
+        internvl: :class:`~mmllava.pretrained.internvl_folder.InternVLParts` or its config
             ``dict(type=load_internvl, path=..., torch_dtype=..., quantization_config=...)``.
         freeze_llm / freeze_visual_encoder: keep those weights fixed (LoRA adapters still train).
             The projector (``mlp1``) always trains, as in XTuner's InternVL recipes.
@@ -73,9 +75,6 @@ class InternVLModel(MultimodalModel):
         """Load trained weights saved by this model: any of its parts, each complete and of the right shapes
         (``mmllava.formats.strict.check_trained_parts``). ``setting`` names where ``path`` came from in
         errors (``convert`` gives ``checkpoint``)."""
-        from mmllava.formats.checkpoint import load_state_dict_file
-        from mmllava.formats.strict import check_trained_parts, shapes
-
         with concerning(setting, path):
             state = load_state_dict_file(path)
             check_trained_parts(setting, path, shapes(nn.Module.state_dict(self)), shapes(state))

@@ -9,8 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmllava.checkpoints import load_state_dict_file
 from mmllava.config import build
 from mmllava.errors import MMLLaVAError, concerning
+from mmllava.formats.llava_projector import split_projector_state, xtuner_weights_to_ours
+from mmllava.formats.strict import check_trained_parts, shapes
 from mmllava.models.base import MultimodalModel
 from mmllava.models.lora import is_quantized
 from mmllava.models.projector import Projector
@@ -57,13 +60,9 @@ class LLaVAModel(MultimodalModel):
     # ------------------------------------------------------------------ weights
     def load_pretrained(self, path: str, setting: str = 'pretrained_pth') -> None:
         """Load a projector (and any of our trained weights, or XTuner's LoRA adapters, InternLM2
-        ``wqkv`` ones included) from ``path``; any format in ``mmllava.formats.llava``. Each part the
+        ``wqkv`` ones included) from ``path``; any format in ``mmllava.formats.llava_projector``. Each part the
         file holds must be complete and fit (``mmllava.formats.strict.check_trained_parts``).
         ``setting`` names where ``path`` came from in errors (``convert`` gives ``checkpoint``)."""
-        from mmllava.formats.checkpoint import load_state_dict_file
-        from mmllava.formats.llava import split_projector_state, xtuner_weights_to_ours
-        from mmllava.formats.strict import check_trained_parts, shapes
-
         with concerning(setting, path):
             state = load_state_dict_file(path)
             projector, rest, _ = split_projector_state(state)

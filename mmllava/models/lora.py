@@ -9,6 +9,7 @@ import sys
 import warnings
 from typing import Any
 
+from peft import get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
 from mmllava.config import build
@@ -33,8 +34,6 @@ def find_linear_names(module: nn.Module, exclude: tuple[str, ...] = ('lm_head', 
 
 def apply_lora(module: nn.Module, lora_cfg: Any, exclude: tuple[str, ...] = ('lm_head', 'output')):
     """Wrap ``module`` with PEFT LoRA; ``target_modules=None`` means every Linear layer."""
-    from peft import get_peft_model
-
     lora_config = build(lora_cfg)
     if lora_config.target_modules is None:
         lora_config.target_modules = find_linear_names(module, exclude)
@@ -53,8 +52,6 @@ def prepare_llm(llm: nn.Module, use_activation_checkpointing: bool) -> nn.Module
     """A quantised LLM through PEFT's ``prepare_model_for_kbit_training`` (fp32 norms, input grads,
     checkpointing); a plain one gets gradient checkpointing when asked. Returns the LLM to keep."""
     if is_quantized(llm):
-        from peft import prepare_model_for_kbit_training
-
         return prepare_model_for_kbit_training(llm, use_gradient_checkpointing=use_activation_checkpointing,
                                                gradient_checkpointing_kwargs=GRADIENT_CHECKPOINTING_KWARGS)
     if use_activation_checkpointing:

@@ -1,7 +1,7 @@
 """Activation memory: the bytes autograd holds for backward at the end of the forward pass.
 
 Counted per token and layer from what each operator saves (read off ``grad_fn._saved_*`` on the
-built models; ``mmllava.plan.measure`` counts the same on a real step). ``b`` is the compute dtype's
+built models; ``mmllava.plan.measured_memory`` counts the same on a real step). ``b`` is the compute dtype's
 bytes (2 under bf16 autocast or DeepSpeed bf16 on a GPU; the model's dtype on a CPU), ``m`` a dropout
 mask's bytes (1 on CUDA: a bool; ``b`` on a CPU: a float mask), ``r`` the LoRA rank.
 
@@ -48,6 +48,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from mmllava.plan.spec import LoraSpec, ModelSpec
 
 
@@ -62,8 +64,6 @@ class Precision:
 
 def precision(spec: ModelSpec, device: str, deepspeed: bool) -> Precision:
     """The byte sizes a GPU (bf16 autocast, or DeepSpeed bf16) or a CPU run (no autocast) uses."""
-    import torch
-
     if device == 'cpu':
         b = torch.tensor([], dtype=spec.quant['compute_dtype'] if spec.quant else spec.llm_dtype).element_size()
         return Precision(b, b, 4 if spec.quant else b)

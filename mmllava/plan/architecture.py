@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, InternVLVisionModel
+from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
+
 from mmllava.errors import MMLLaVAError
+from mmllava.formats.internlm2 import internlm2_config_to_llama
+from mmllava.formats.internvl_native import official_config_to_native
+from mmllava.pretrained.llm import is_internlm2
 
 ARCHITECTURES = Path(__file__).with_name('architectures')
 # Shipped descriptions, matched on the folder name a config points at (lower case, '-' and '.' as '_').
@@ -56,13 +63,7 @@ def read_architecture(path: str | None, what: str) -> Architecture:
 
 def meta_llm(config: dict):
     """The causal LM of a ``config.json`` dict on the meta device (InternLM2 as ``LlamaForCausalLM``,
-    as ``mmllava.builders.llm`` loads it)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from mmllava.builders.llm import is_internlm2
-    from mmllava.formats.internlm2 import internlm2_config_to_llama
-
+    as ``mmllava.pretrained.llm`` loads it)."""
     config = {k: v for k, v in config.items() if not k.startswith('_')}
     model_config = (internlm2_config_to_llama(config) if is_internlm2(config)
                     else AutoConfig.for_model(**{k: v for k, v in config.items() if k not in ('architectures',)}))
@@ -72,9 +73,6 @@ def meta_llm(config: dict):
 
 def meta_clip(config: dict):
     """The CLIP vision tower of a CLIP (or CLIP vision) ``config.json`` dict on the meta device."""
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
     vision = config.get('vision_config', config) if config.get('model_type') == 'clip' else config
     vision = {k: v for k, v in vision.items() if not k.startswith('_') and k != 'model_type'}
     with torch.device('meta'):
@@ -83,13 +81,7 @@ def meta_clip(config: dict):
 
 def meta_internvl(official: dict) -> dict[str, Any]:
     """``vision``, ``projector``, ``llm`` (meta modules) and the native ``config`` of an official
-    InternVL2 ``config.json`` dict, as ``mmllava.builders.internvl`` loads it."""
-    import torch
-    from transformers import AutoModelForCausalLM, InternVLVisionModel
-    from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
-
-    from mmllava.formats.internvl import official_config_to_native
-
+    InternVL2 ``config.json`` dict, as ``mmllava.pretrained.internvl_folder`` loads it."""
     config = official_config_to_native({k: v for k, v in official.items() if not k.startswith('_')})
     with torch.device('meta'):
         vision = InternVLVisionModel(config.vision_config)

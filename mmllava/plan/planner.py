@@ -7,13 +7,18 @@ peak = parameters + gradients + optimizer state (``mmllava.plan.parameters``, pe
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from dataclasses import dataclass
 
+import torch
+
+from mmllava.data.packing import PackedDataset
 from mmllava.errors import MMLLaVAError
 from mmllava.plan.activations import Activations, activation_bytes, precision
-from mmllava.plan.data import DataProfile, read_profile
 from mmllava.plan.parameters import PartRow, StateBytes, parameter_rows, state_bytes, trained_tensors
+from mmllava.plan.sequence_lengths import DataProfile, read_profile
 from mmllava.plan.spec import LoraSpec, ModelSpec, read_model_spec
 
 HEADROOM = 0.9  # plan to 90% of the GPU: the allocator's fragmentation and the CUDA context need the rest
@@ -62,8 +67,6 @@ def _zero(deepspeed: str | None) -> tuple[int | None, bool]:
         return None, False
     name = str(deepspeed).removeprefix('deepspeed_')
     if name.endswith('.json'):
-        import json
-
         try:
             with open(name, encoding='utf-8') as f:
                 zero = json.load(f).get('zero_optimization') or {}
@@ -94,7 +97,7 @@ def make_plan(cfg, num_gpus: int = 1, deepspeed: str | None = None, device: str 
               batch_size: int | None = None, spec: ModelSpec | None = None,
               profile: DataProfile | None = None) -> Plan:
     """The plan of ``cfg`` (see the module docstring) on ``num_gpus`` GPUs (``device='cpu'``: as a CPU
-    run trains, fp32 without autocast, for checking against ``mmllava.plan.measure``)."""
+    run trains, fp32 without autocast, for checking against ``mmllava.plan.measured_memory``)."""
     spec = spec or read_model_spec(cfg)
     profile = profile or read_profile(cfg, spec.image_tokens_per_tile)
     zero_stage, offload = _zero(deepspeed)
@@ -155,8 +158,6 @@ def recommend(plan: Plan, gpu_mem: int) -> list[str]:
     if not spec.checkpointing:
         options.append(('use_activation_checkpointing=True', dict(checkpointing=True)))
     if not spec.quant:
-        import torch
-
         options.append(('QLoRA (4-bit NF4 LLM + LoRA)', dict(
             quant={'double_quant': True, 'compute_dtype': torch.bfloat16}, freeze_llm=True,
             llm_lora=spec.llm_lora or LoraSpec(64, 0.05, None))))
@@ -197,8 +198,6 @@ def predict_peak(cfg, num_gpus: int = 1, deepspeed: str | None = None, read_data
 
 
 def _packed(cfg) -> bool:
-    from mmllava.data.packing import PackedDataset
-
     dataset = (cfg.get('train_dataloader') or {}).get('dataset')
     return isinstance(dataset, dict) and dataset.get('type') is PackedDataset
 
@@ -206,8 +205,6 @@ def _packed(cfg) -> bool:
 def peak_line(cfg, deepspeed: str | None = None) -> str:
     """One line for the train header: the predicted peak per GPU at ``max_length`` (``mmllava plan
     CONFIG`` gives the details). Never raises: a config the plan cannot read must still train."""
-    import os
-
     try:
         peak = predict_peak(cfg, num_gpus=int(os.environ.get('WORLD_SIZE', 1)), deepspeed=deepspeed, read_data=False)
     except Exception as e:  # noqa: BLE001 - the header must not stop a run

@@ -8,7 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import nn
+
 from mmllava.errors import MMLLaVAError
+from mmllava.plan.architecture import meta_clip, meta_internvl, meta_llm, read_architecture
 
 
 @dataclass
@@ -60,8 +64,6 @@ def _get(mapping, key, default=None):
 
 
 def _dtype(value, default):
-    import torch
-
     if value is None or str(value) == 'auto':
         return default
     if isinstance(value, torch.dtype):
@@ -80,9 +82,6 @@ def meta_projector(visual_hidden: int, llm_hidden: int, depth: int):
     """LLaVA's projector on the meta device: the layout of ``mmllava.models.projector.Projector``
     (Linear, then (GELU, Linear) x depth-1), built here because importing ``mmllava.models`` loads
     mmengine's model registry."""
-    import torch
-    from torch import nn
-
     with torch.device('meta'):
         layers = [nn.Linear(visual_hidden, llm_hidden)]
         for _ in range(depth - 1):
@@ -103,8 +102,6 @@ def _lora(cfg) -> LoraSpec | None:
 
 
 def _quant(cfg) -> dict | None:
-    import torch
-
     if not cfg:
         return None
     if not isinstance(cfg, dict):
@@ -119,10 +116,6 @@ def _quant(cfg) -> dict | None:
 
 def read_model_spec(cfg) -> ModelSpec:
     """``cfg.model`` as a ``ModelSpec``; its folders are read for their ``config.json`` only."""
-    import torch
-
-    from mmllava.plan.architecture import meta_clip, meta_internvl, meta_llm, read_architecture
-
     model = _get(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg, 'model')
     kind = _type_name(model)
     if kind not in ('LLaVAModel', 'InternVLModel'):

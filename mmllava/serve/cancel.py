@@ -7,14 +7,14 @@ import contextlib
 import threading
 from typing import Callable, Iterator
 
+import torch
+
 
 @contextlib.contextmanager
 def cancellation_points(model, cancelled: threading.Event, error: Callable[[], Exception]) -> Iterator[None]:
     """While the ``with`` runs, every layer of ``model`` (each element of its ``ModuleList`` s: the
     LLM's decoder layers, the vision tower's encoder layers) first checks ``cancelled`` and, when
     it is set, raises ``error()``, which ends the forward pass and ``generate`` with it."""
-    import torch
-
     def check(module, args):
         if cancelled.is_set():
             raise error()

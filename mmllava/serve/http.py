@@ -77,7 +77,7 @@ async def until_disconnected(request: Request) -> None:
 def header_timeout_protocol(seconds: float):
     """uvicorn's h11 protocol that closes a connection whose request line and headers have not all
     arrived ``seconds`` after it opened or after its previous response (uvicorn itself waits forever)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol  # the optional mmllava[serve] extra
 
     class HeaderTimeoutH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
@@ -113,7 +113,7 @@ def header_timeout_protocol(seconds: float):
 def run_server(app, host: str, port: int, on_exit, header_timeout: float, max_connections: int) -> None:
     """Serve ``app`` with uvicorn until SIGTERM / SIGINT; ``on_exit()`` runs first (in its own thread:
     a signal handler must not wait for a lock the interrupted code may hold)."""
-    import uvicorn
+    import uvicorn  # the optional mmllava[serve] extra
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

@@ -16,6 +16,8 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
+from mmllava.constants import DEFAULT_IMAGE_TOKEN
+
 # PIL, torch and the image helpers are imported where used: the CLI reads this module's defaults
 # while it builds its argument parser, and must start fast.
 
@@ -175,7 +177,6 @@ class PromptBudget:
 
     def count(self, request) -> int:
         """Prompt tokens of ``request`` (a ``ChatRequest`` whose images are :class:`PendingImage` s)."""
-        from mmllava.constants import DEFAULT_IMAGE_TOKEN
         from mmllava.templates import render_prompt
 
         turns, images = [], []

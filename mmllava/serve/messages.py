@@ -22,8 +22,8 @@ from urllib.parse import unquote, urlparse
 
 from mmllava.chat.session import GenerationSettings
 from mmllava.constants import DEFAULT_IMAGE_TOKEN
-from mmllava.serve.files import FileRefused, read_allowed_file
 from mmllava.serve.limits import Limits, PendingImage, RequestError, check_request_images, decode_image, inspect_image
+from mmllava.serve.local_images import FileRefused, read_allowed_file
 from mmllava.serve.worker import ChatRequest, Exchange
 
 SYSTEM_ROLES = ('system', 'developer')

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable
 from mmllava.chat.loader import ChatModel
 from mmllava.chat.session import ChatSession, GenerationSettings, Usage
 from mmllava.errors import MMLLaVAError
+from mmllava.serve.cancel import cancellation_points
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,6 @@ class GenerationWorker:
             running.cancel(error)
 
     def _loop(self) -> None:
-        from mmllava.serve.cancel import cancellation_points
-
         while True:
             with self._changed:
                 while not self._waiting and self._closed is None:

@@ -9,6 +9,8 @@ __all__ = ['ZOO_NAMES', 'build_tiny_zoo']
 
 def __getattr__(name: str):
     if name in __all__:
+        # here, not at the top: see the module doc (config loading resolves {{tiny_models}}
+        # through the light submodules)
         from mmllava.tiny import zoo
 
         return getattr(zoo, name)

@@ -13,10 +13,17 @@ of a ``torchrun``) never see a half-written folder.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
+
+from mmllava.errors import MMLLaVAError
+from mmllava.tiny.synthetic import build_synthetic_data
+from mmllava.tiny.zoo import BUILDERS, ZOO_NAMES, build_tiny_zoo, is_built
 
 # A folder holding this file is complete (written last, after everything else of the build).
 _COMPLETE = '.complete'
@@ -33,9 +40,6 @@ def cache_root() -> Path:
 def _version(*sources: str) -> str:
     """A short digest of the named files of ``mmllava.tiny`` (every ``*.py`` of a named folder) and
     of the installed transformers' version: the identity of what the builders write."""
-    import hashlib
-    from importlib.metadata import version
-
     here = Path(__file__).parent
     digest = hashlib.sha256(version('transformers').encode())
     for source in sources:
@@ -73,11 +77,7 @@ def _built(folder: Path, build, done=_complete) -> Path:
 
 def tiny_model_path(name: str) -> Path:
     """The tiny model ``name`` (one of ``mmllava.tiny.zoo.ZOO_NAMES``), built if missing."""
-    from mmllava.tiny.zoo import BUILDERS, build_tiny_zoo, is_built
-
     if name not in BUILDERS:
-        from mmllava.errors import MMLLaVAError
-
         raise MMLLaVAError(f'no tiny model named {name!r}; known: {", ".join(BUILDERS)}')
     zoo = os.environ.get('MMLLAVA_TINY_ZOO')
     root = (Path(zoo).expanduser().resolve() if zoo else
@@ -90,8 +90,6 @@ def tiny_model_path(name: str) -> Path:
 def synthetic_data_path() -> Path:
     """The synthetic shapes data (``pretrain.json``, ``finetune.json``, ``eval.json``, ``images/``),
     built if missing."""
-    from mmllava.tiny.synthetic import build_synthetic_data
-
     def build(tmp: Path) -> Path:
         build_synthetic_data(tmp)
         return tmp
@@ -102,10 +100,6 @@ def synthetic_data_path() -> Path:
 def main(argv: list[str] | None = None) -> int:
     """``python -m mmllava.tiny.cache [NAME ...]``: build what is missing and print ``NAME<TAB>PATH``
     per line; NAME is a tiny model or ``synthetic`` (default: the synthetic data and every model)."""
-    import sys
-
-    from mmllava.tiny.zoo import ZOO_NAMES
-
     for name in (sys.argv[1:] if argv is None else argv) or ['synthetic', *ZOO_NAMES]:
         path = synthetic_data_path() if name == 'synthetic' else tiny_model_path(name)
         print(f'{name}\t{path}')

@@ -10,10 +10,15 @@ Each writer returns a :class:`TinyVocab`; consumers look special tokens up by st
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 from typing import NamedTuple
+
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as pb
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from mmllava.tiny.vocabulary import corpus
 
@@ -83,11 +88,6 @@ def sentencepiece_model(vocab_size: int = 600) -> bytes:
     Trained single-threaded so the bytes are reproducible; user-defined pieces are moved to the end
     of the vocabulary, where the real InternLM2 keeps them (ids are the proto's piece order).
     """
-    import io
-
-    import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(training_text()), model_writer=buffer, model_type='bpe', vocab_size=vocab_size,
@@ -111,8 +111,6 @@ def write_internlm2_tokenizer(folder: str | Path, added_tokens: tuple[str, ...] 
     ``added_tokens`` (e.g. InternVL2's ``<img>``) get ids after the sentencepiece vocabulary and live
     only in ``tokenizer_config.json``, as in the real InternVL2 folder.
     """
-    import sentencepiece as spm
-
     folder = Path(folder)
     model = sentencepiece_model()
     (folder / 'tokenizer.model').write_bytes(model)
@@ -141,8 +139,6 @@ def write_internlm2_tokenizer(folder: str | Path, added_tokens: tuple[str, ...] 
 
 def _train_byte_level_bpe(pattern: str, nfc: bool, specials: tuple[str, ...]):
     """A byte-level BPE ``tokenizers.Tokenizer`` on the corpus; specials appended after the vocabulary."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
     tokenizer = Tokenizer(models.BPE(ignore_merges=True))
     if nfc:
         tokenizer.normalizer = normalizers.NFC()
@@ -160,8 +156,6 @@ def _train_byte_level_bpe(pattern: str, nfc: bool, specials: tuple[str, ...]):
 
 def write_llama3_tokenizer(folder: str | Path) -> TinyVocab:
     """Write a Llama-3-Instruct tokenizer folder: ``tokenizer.json`` + configs, BOS added by the post-processor."""
-    from tokenizers import processors
-
     folder = Path(folder)
     tokenizer = _train_byte_level_bpe(LLAMA3_PATTERN, nfc=False, specials=LLAMA3_SPECIALS)
     ids = {token: tokenizer.token_to_id(token) for token in LLAMA3_SPECIALS}
@@ -188,8 +182,6 @@ def write_llama3_tokenizer(folder: str | Path) -> TinyVocab:
 
 def write_qwen2_tokenizer(folder: str | Path) -> TinyVocab:
     """Write a Qwen2.5-Instruct tokenizer folder: ``tokenizer.json``, ``vocab.json``, ``merges.txt``, configs."""
-    from tokenizers import processors
-
     folder = Path(folder)
     tokenizer = _train_byte_level_bpe(QWEN2_PATTERN, nfc=True, specials=QWEN2_SPECIALS)
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)

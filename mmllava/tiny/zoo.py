@@ -15,10 +15,10 @@ from typing import Callable
 
 import torch
 from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModelForCausalLM, CLIPConfig, CLIPModel
 
 from mmllava.tiny import tokenizers as tiny_tok
-from mmllava.tiny.remote_code import FILES as REMOTE_CODE_FILES
-from mmllava.tiny.remote_code import write_remote_code
+from mmllava.tiny.remote_code import FILES as REMOTE_CODE_FILES, write_remote_code
 from mmllava.tiny.tokenizers import write_json
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -138,8 +138,6 @@ def _internlm2_chat(folder: Path, gen: torch.Generator) -> None:
 
 def _native_llm(folder: Path, gen: torch.Generator, cfg: dict, generation: dict) -> None:
     """Write a transformers-native causal LM folder from a hand-written ``config.json`` dict."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     write_json(folder / 'config.json', cfg)
     write_json(folder / 'generation_config.json', generation)
     config = AutoConfig.from_pretrained(folder)
@@ -186,8 +184,6 @@ def _qwen2_5_instruct(folder: Path, gen: torch.Generator) -> None:
 
 
 def _clip_vit(folder: Path, gen: torch.Generator) -> None:
-    from transformers import CLIPConfig, CLIPModel
-
     image_size = 64
     cfg = {
         'architectures': ['CLIPModel'], 'initializer_factor': 1.0, 'logit_scale_init_value': 2.6592,

@@ -13,8 +13,8 @@ from peft import LoraConfig
 from torch.optim import AdamW
 from transformers import BitsAndBytesConfig
 
-from mmllava.builders import load_tokenizer
-from mmllava.builders.internvl import load_internvl, load_internvl_image_processor
+from mmllava.pretrained import load_tokenizer
+from mmllava.pretrained.internvl_folder import load_internvl, load_internvl_image_processor
 from mmllava.data import LengthGroupedSampler
 from mmllava.data.internvl_dataset import InternVLDataset, internvl_collate
 from mmllava.engine import (CheckpointHook, DatasetInfoHook, EvaluateChatHook, ThroughputHook, TrainLoop,

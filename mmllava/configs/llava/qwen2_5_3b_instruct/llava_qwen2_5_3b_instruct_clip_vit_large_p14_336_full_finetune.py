@@ -8,7 +8,7 @@ from mmengine.optim import CosineAnnealingLR, LinearLR
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from torch.optim import AdamW
 
-from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 from mmllava.data import LengthGroupedSampler, LLaVADataset, PackedDataset, llava_collate
 from mmllava.engine import (CheckpointHook, DatasetInfoHook, EvaluateChatHook, ThroughputHook, TrainLoop,
                             TrainSummaryHook, mixed_precision_optim_wrapper)

@@ -12,8 +12,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmllava.builders.folders import attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir
+from transformers import AutoModelForCausalLM, GenerationConfig, InternVLVisionModel
+from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
+
+from mmllava.data.internvl_image import InternVLImageProcessor
 from mmllava.errors import MMLLaVAError, concerning
+from mmllava.formats.internvl_native import (OFFICIAL_PARTS, is_native_internvl, is_official_internvl,
+                                      native_config_to_official, native_folder_key, official_config_to_native,
+                                      official_to_native)
+from mmllava.formats.strict import check_loading_info, expected_shapes, problems, shapes
+from mmllava.paths import require_dir
+from mmllava.pretrained.folder_reading import attention_kwargs, dtype_kwargs, iter_weight_shards, read_json
 
 WHAT = 'path'
 
@@ -50,8 +59,6 @@ def _from_state_dict(model_class, config, state_dict: dict, folder: Path, compon
                      **kwargs):
     """``model_class.from_pretrained`` on an in-memory state dict already checked against the module;
     what transformers reports missing or unexpected is still an error (never random weights)."""
-    from mmllava.formats.strict import check_loading_info
-
     model, info = model_class.from_pretrained(None, config=config, state_dict=state_dict, output_loading_info=True,
                                               **kwargs)
     check_loading_info(WHAT, folder, info, component, state_dict, tied=tied)
@@ -61,11 +68,6 @@ def _from_state_dict(model_class, config, state_dict: dict, folder: Path, compon
 def _check_parts(folder: Path, config, vision_state: dict, projector_state: dict, llm_state: dict,
                  llm_class, stray: list[str]) -> None:
     """Every weight of the three parts read, every tensor used, shapes right; one line otherwise."""
-    from transformers import InternVLVisionModel
-    from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
-
-    from mmllava.formats.strict import expected_shapes, problems, shapes
-
     tied = bool(getattr(config.text_config, 'tie_word_embeddings', False))
     found = problems(expected_shapes(InternVLVisionModel, config.vision_config), shapes(vision_state), 'vision')
     found += problems(expected_shapes(InternVLMultiModalProjector, config), shapes(projector_state), 'projector')
@@ -79,8 +81,6 @@ def _check_parts(folder: Path, config, vision_state: dict, projector_state: dict
 
 def _read_state(folder: Path, config_json: dict) -> tuple[dict, list[str]]:
     """The folder's tensors in native keys (official folders converted) and the keys of no part."""
-    from mmllava.formats.internvl import OFFICIAL_PARTS, is_official_internvl, native_folder_key, official_to_native
-
     official = is_official_internvl(config_json)
     state, stray = {}, []
     try:
@@ -111,12 +111,6 @@ def load_internvl(path: str | os.PathLike, torch_dtype=None, quantization_config
     ``torch_dtype``: ``None``, ``'auto'``, a name or a ``torch.dtype`` (all parts);
     ``quantization_config``: e.g. a ``BitsAndBytesConfig`` for QLoRA, applied to the LLM only.
     """
-    from transformers import AutoModelForCausalLM, GenerationConfig, InternVLVisionModel
-    from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
-
-    from mmllava.formats.internvl import (is_native_internvl, is_official_internvl, native_config_to_official,
-                                          official_config_to_native)
-
     with concerning(WHAT, path):  # what fails inside is about this setting's value
         folder = require_dir(path, WHAT)
         config_json = read_json(folder / 'config.json', WHAT)
@@ -155,6 +149,4 @@ def load_internvl(path: str | os.PathLike, torch_dtype=None, quantization_config
 def load_internvl_image_processor(path: str | os.PathLike, max_dynamic_patch: int | None = None):
     """The dynamic-tiling image processor of the official InternVL folder ``path``
     (``max_dynamic_patch`` overrides the folder's, as the fine-tuning recipes do)."""
-    from mmllava.data.internvl_image import InternVLImageProcessor
-
     return InternVLImageProcessor.from_pretrained(path, max_dynamic_patch=max_dynamic_patch)

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import os
 
-from mmllava.builders.llm import load_llm
-from mmllava.builders.tokenizer import load_tokenizer
-from mmllava.builders.vision import load_vision_encoder
+from mmllava.data.image import ImageProcessor
+from mmllava.pretrained.llm import load_llm
+from mmllava.pretrained.tokenizer import load_tokenizer
+from mmllava.pretrained.vision import load_vision_encoder
 
 
 def load_image_processor(path: str | os.PathLike):
     """``mmllava.data.image.ImageProcessor.from_pretrained(path)``, imported only when called."""
-    from mmllava.data.image import ImageProcessor
-
     return ImageProcessor.from_pretrained(path)
 
 

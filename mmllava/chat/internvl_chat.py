@@ -10,10 +10,18 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from transformers import InternVLForConditionalGeneration
 
 from mmllava.chat.loader import OUR_MODEL_KINDS, ChatModel, _template, chat_model_for
 from mmllava.constants import IMAGE_TOKEN_INDEX
+from mmllava.data.encode import bos_ids, tokenize_with_images
+from mmllava.data.internvl_dataset import image_token_ids, wrap_image_runs
+from mmllava.data.internvl_image import InternVLImageProcessor
 from mmllava.errors import MMLLaVAError
+from mmllava.models import InternVLModel
+from mmllava.pretrained import load_tokenizer
+from mmllava.pretrained.folder_reading import read_json
+from mmllava.pretrained.internvl_folder import load_internvl, load_internvl_image_processor
 
 # InternVL's conversation template names -> ours.
 _OFFICIAL_TEMPLATES = {'internlm2-chat': 'internlm2_chat'}
@@ -32,9 +40,6 @@ class InternVLChatModel(ChatModel):
 
     def prompt_ids(self, text: str, images: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """``[1, L]`` ids: each ``<image>`` -> ``<img>`` + its tiles' positions + ``</img>``."""
-        from mmllava.data.encode import bos_ids, tokenize_with_images
-        from mmllava.data.internvl_dataset import image_token_ids, wrap_image_runs
-
         start_id, end_id, _ = image_token_ids(self.tokenizer)
         tiles = iter(len(pixels) for pixels in images)
         ids = []
@@ -50,10 +55,6 @@ class InternVLChatModel(ChatModel):
 
 def load_internvl_chat(path: Path, template: str | None, dtype, quantization) -> InternVLChatModel:
     """An official InternVL folder as an :class:`InternVLChatModel` (frozen ``InternVLModel``)."""
-    from mmllava.builders import load_tokenizer
-    from mmllava.builders.internvl import load_internvl, load_internvl_image_processor
-    from mmllava.models import InternVLModel
-
     model = InternVLModel(load_internvl(path, torch_dtype=dtype, quantization_config=quantization),
                           use_activation_checkpointing=False)
     stored = model.official_config.get('prompt_template') or _OFFICIAL_TEMPLATES.get(
@@ -67,12 +68,6 @@ def load_hf_internvl_chat(path: Path, template: str | None, dtype, quantization,
     :class:`InternVLChatModel`: transformers' model, tiled by our ``InternVLImageProcessor`` with the
     settings of its ``preprocessor_config.json`` (exactly as in training; transformers' own tiling can
     pick another grid), the image positions given as ``<IMG_CONTEXT>``."""
-    from transformers import InternVLForConditionalGeneration
-
-    from mmllava.builders import load_tokenizer
-    from mmllava.builders.folders import read_json
-    from mmllava.data.internvl_image import InternVLImageProcessor
-
     config = read_json(path / 'config.json', 'model')
     settings = read_json(path / 'preprocessor_config.json', 'model') if (
         path / 'preprocessor_config.json').is_file() else {}

@@ -1,12 +1,13 @@
 """``mmllava build``: an untrained LLaVA (transformers Llava folder) from a vision encoder and an LLM.
 
-Seed 001's recipe: add a single-token ``<image>`` (embedding rows appended when needed), align the
-pad token with the LLM's (Qwen2.5: ``<|endoftext|>``), keep the LLM's and CLIP's weights, initialise
-the projector, and save model + processor (``preprocessor_config.json`` and ``processor_config.json``).
+The recipe of the Qwen2.5-3B LLaVA built from scratch (CLIP-ViT-L/14-336 + Qwen2.5): add a
+single-token ``<image>`` (embedding rows appended when needed), align the pad token with the LLM's
+(Qwen2.5: ``<|endoftext|>``), keep the LLM's and CLIP's weights, initialise the projector, and save
+model + processor (``preprocessor_config.json`` and ``processor_config.json``).
 
 To train from it, keep the config's ``llm_name_or_path`` / ``visual_encoder_name_or_path`` pointing
 at the original folders and set ``pretrained_pth = BUILT_DIR``: the projector is read from the
-folder's ``multi_modal_projector.*`` weights (``mmllava.formats.llava``). ``mmllava chat BUILT_DIR``
+folder's ``multi_modal_projector.*`` weights (``mmllava.formats.llava_projector``). ``mmllava chat BUILT_DIR``
 loads it as it is.
 """
 from __future__ import annotations
@@ -14,8 +15,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
+from mmllava.convert.hf_llava import export_hf_llava
 from mmllava.errors import MMLLaVAError
-from mmllava.templates import TEMPLATES
+from mmllava.models import LLaVAModel
+from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
+from mmllava.templates import TEMPLATES, get_template
 
 
 def guess_template(tokenizer, llm_config) -> str:
@@ -38,13 +44,6 @@ def build_llava(llm: str | os.PathLike, visual_encoder: str | os.PathLike, save_
     ``prompt_template``: recorded for chat and the tokenizer's chat template; guessed from the
     tokenizer's special tokens when omitted.
     """
-    import torch
-
-    from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
-    from mmllava.convert.hf_llava import export_hf_llava
-    from mmllava.models import LLaVAModel
-    from mmllava.templates import get_template
-
     print(f'Loading {llm} and {visual_encoder}', flush=True)
     language_model = load_llm(llm, torch_dtype=None if torch_dtype == 'auto' else torch_dtype)
     dtype = language_model.get_input_embeddings().weight.dtype

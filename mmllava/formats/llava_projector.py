@@ -10,6 +10,10 @@ Our projector keys are ``projector.{i}.{weight,bias}`` (an ``nn.Sequential``: Li
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from mmllava.formats.internlm2 import has_internlm2_names, internlm2_to_llama
+from mmllava.pretrained.folder_reading import iter_weight_shards
 
 _PROJECTOR_PATTERNS = (
     ('ours', re.compile(r'^projector\.(\d+)\.(weight|bias)$')),
@@ -67,10 +71,6 @@ def read_hf_llava_projector(folder) -> dict:
 
     The keys stay in transformers' naming, so ``split_projector_state`` reports ``'huggingface'``.
     """
-    from pathlib import Path
-
-    from mmllava.builders.folders import iter_weight_shards
-
     out = {}
     for shard in iter_weight_shards(Path(folder), 'pretrained_pth', keep=lambda key: bool(_HF_PROJECTOR.match(key))):
         out.update(shard)
@@ -86,8 +86,6 @@ def xtuner_weights_to_ours(state_dict: dict, llm_config) -> dict:
     adapter name back (``lora_A.weight`` -> ``lora_A.default.weight``), and an InternLM2 LLM's
     weights (``llm.*``, loaded by us as Llama) get Llama names, ``wqkv`` and its LoRA split exactly
     (``mmllava.formats.internlm2``). Our own keys pass through unchanged."""
-    from mmllava.formats.internlm2 import has_internlm2_names, internlm2_to_llama
-
     named = {_UNNAMED_LORA.sub(r'.\1.default.\2', key): value for key, value in state_dict.items()}
     internlm2 = {key: value for key, value in named.items() if key.startswith('llm.') and has_internlm2_names(key)}
     if not internlm2:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from tolerances import transformer_tolerance
 
-from mmllava.builders import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 from mmllava.errors import MMLLaVAError
+from mmllava.pretrained import load_image_processor, load_llm, load_tokenizer, load_vision_encoder
 from mmllava.tiny.tokenizers import INTERNLM2_SPECIALS, INTERNVL2_TOKENS, training_text
 
 CHAT = ('<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n'
@@ -127,7 +127,7 @@ def test_attention_defaults_to_flash_attention_2_only_where_it_can_run(monkeypat
 
     import torch
 
-    from mmllava.builders.folders import attention_kwargs
+    from mmllava.pretrained.folder_reading import attention_kwargs
 
     bf16 = {'dtype': torch.bfloat16}
     assert attention_kwargs('eager', bf16) == {'attn_implementation': 'eager'}  # asked for: kept

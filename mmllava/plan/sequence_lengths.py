@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mmengine.logging import MMLogger
+
 from mmllava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mmllava.data.llava_dataset import read_samples
+from mmllava.data.packing import PackedDataset, plan_packs
+from mmllava.datatools.inspect import build_training_dataset, inspect_dataset
 from mmllava.errors import MMLLaVAError
 
 
@@ -45,12 +50,6 @@ class DataProfile:
 def read_profile(cfg, tokens_per_tile: int) -> DataProfile:
     """The lengths of ``cfg``'s training samples (packs when ``pack_to_max_length``); an empty
     profile with ``note`` when the data or its tokenizer is not on this machine."""
-    from mmengine.logging import MMLogger
-
-    from mmllava.data.llava_dataset import read_samples
-    from mmllava.data.packing import PackedDataset, plan_packs
-    from mmllava.datatools.inspect import build_training_dataset, inspect_dataset
-
     dataset_cfg = (cfg.get('train_dataloader') or {}).get('dataset') or {}
     packed = isinstance(dataset_cfg, dict) and dataset_cfg.get('type') is PackedDataset
     max_length = cfg.get('max_length') or 2048

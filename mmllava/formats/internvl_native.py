@@ -20,10 +20,13 @@ the split is three equal chunks. The InternLM2 LLM goes through ``mmllava.format
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from transformers import AutoConfig, InternVLConfig, InternVLVisionConfig
 
 from mmllava.errors import MMLLaVAError
 from mmllava.formats.internlm2 import internlm2_config_to_llama, internlm2_to_llama, llama_to_internlm2
@@ -88,9 +91,6 @@ def native_config_to_official(config: Mapping[str, Any], folder=None) -> dict:
 
     The LM head is tied as the writer tied it: transformers 5 decides by the top-level
     ``tie_word_embeddings``, 4.52 by the text config's."""
-    import json
-    from pathlib import Path
-
     vision = config['vision_config']
     text = dict(config['text_config'])
     text['tie_word_embeddings'] = bool(config.get('tie_word_embeddings', text.get('tie_word_embeddings', False)))
@@ -155,8 +155,6 @@ def official_config_to_native(config: Mapping[str, Any], image_token_id: int | N
     ``tie_word_embeddings`` follows the LLM (InternVLConfig would tie by default, wrong for InternLM2).
     ``image_token_id`` is the ``<IMG_CONTEXT>`` id (only exports need it).
     """
-    from transformers import AutoConfig, InternVLConfig, InternVLVisionConfig
-
     check_supported(config)
     vision = config['vision_config']
     llm = config['llm_config']

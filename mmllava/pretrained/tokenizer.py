@@ -8,11 +8,17 @@ Other folders load with ``AutoTokenizer``.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from mmllava.builders.folders import read_json, require_dir
+from sentencepiece import sentencepiece_model_pb2 as pb
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
 from mmllava.errors import MMLLaVAError, concerning
+from mmllava.paths import require_dir
+from mmllava.pretrained.folder_reading import read_json
 
 WHAT = 'tokenizer'
 # Preferred pad tokens when a tokenizer has none, in order (Llama-3.1, Llama-3, Qwen/GPT style).
@@ -26,9 +32,6 @@ def _token_text(token) -> str | None:
 
 def _sentencepiece_bpe(model_file: Path):
     """A ``tokenizers.Tokenizer`` equal to a sentencepiece BPE model, and the parsed proto."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
     proto = pb.ModelProto()
     proto.ParseFromString(model_file.read_bytes())
     if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
@@ -56,12 +59,6 @@ def _sentencepiece_bpe(model_file: Path):
 
 def _internlm2_tokenizer(folder: Path, tok_cfg: dict):
     """The fast equivalent of InternLM2Tokenizer: BOS added, the config's added tokens at their ids."""
-    import json
-
-    from sentencepiece import sentencepiece_model_pb2 as pb
-    from tokenizers import AddedToken
-    from transformers import PreTrainedTokenizerFast
-
     tokenizer, proto = _sentencepiece_bpe(folder / 'tokenizer.model')
     declared = {int(i): (_token_text(t), t.get('special', True)) for i, t in
                 (tok_cfg.get('added_tokens_decoder') or {}).items()}
@@ -103,8 +100,6 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     InternLM2 sentencepiece folders are rebuilt without remote code unless ``trust_remote_code``;
     others go through ``AutoTokenizer``. ``pad_token`` is always set on the result.
     """
-    from transformers import AutoTokenizer
-
     with concerning(WHAT, path):  # what fails inside is about this setting's value
         folder = require_dir(path, WHAT)
         config_file = folder / 'tokenizer_config.json'

@@ -1,4 +1,5 @@
 """Build an untrained LLaVA (a transformers Llava folder with processor) from an LLM and a vision encoder."""
+# Libraries are imported inside the functions below: `mmllava --help` imports every command module.
 
 
 def add_arguments(parser):
@@ -12,7 +13,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from mmllava.convert.build import build_llava
+    from mmllava.convert.untrained_llava import build_llava
 
     build_llava(args.llm, args.visual_encoder, args.save_dir, args.torch_dtype, args.prompt_template,
                 args.max_shard_size)

@@ -8,9 +8,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmllava.builders.folders import (attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, require_dir,
-                                     weight_shapes)
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, LlamaForCausalLM
+
 from mmllava.errors import MMLLaVAError, concerning
+from mmllava.formats.internlm2 import internlm2_config_to_llama, internlm2_to_llama
+from mmllava.formats.strict import check_loading_info, check_weights, expected_shapes, shapes
+from mmllava.paths import require_dir
+from mmllava.pretrained.folder_reading import attention_kwargs, dtype_kwargs, iter_weight_shards, read_json, weight_shapes
 
 WHAT = 'llm_name_or_path'
 
@@ -31,11 +35,6 @@ def _load_internlm2(folder: Path, config_dict: dict, kwargs: dict):
     identical to the native families. The converted keys are checked against the Llama module
     before it is filled (``mmllava.formats.strict``).
     """
-    from transformers import GenerationConfig, LlamaForCausalLM
-
-    from mmllava.formats.internlm2 import internlm2_config_to_llama, internlm2_to_llama
-    from mmllava.formats.strict import check_loading_info, check_weights, expected_shapes, shapes
-
     config = internlm2_config_to_llama(config_dict)
     config._name_or_path = str(folder)
     state_dict = {}
@@ -57,10 +56,6 @@ def _load_internlm2(folder: Path, config_dict: dict, kwargs: dict):
 def _load_native(folder: Path, kwargs: dict):
     """A causal LM transformers knows (Llama, Qwen2, ...), saved by transformers 4.x or 5.x: the
     file's keys and shapes are compared with the module's before ``from_pretrained`` fills it."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from mmllava.formats.strict import check_loading_info, check_weights, expected_shapes
-
     try:
         config = AutoConfig.from_pretrained(folder)
         model_class = AutoModelForCausalLM._model_mapping[type(config)]
@@ -84,13 +79,11 @@ def load_llm(path: str | os.PathLike, torch_dtype=None, quantization_config=None
     ``torch_dtype``: ``None``, ``'auto'``, a name (``'bfloat16'``) or a ``torch.dtype``.
     ``quantization_config``: e.g. a ``BitsAndBytesConfig`` for QLoRA (works for InternLM2 too).
     ``attn_implementation``: ``None`` picks flash-attention-2 where it can run, else SDPA
-    (``mmllava.builders.folders.attention_kwargs``).
+    (``mmllava.pretrained.folder_reading.attention_kwargs``).
     Loading is strict: a missing, unused or wrong-shaped weight is an ``MMLLaVAError``, checked
     against the unquantised shapes before quantization. With ``trust_remote_code=True`` an
     InternLM2 folder is loaded with its own remote code instead (transformers' checks only).
     """
-    from transformers import AutoModelForCausalLM
-
     with concerning(WHAT, path):  # what fails inside is about this setting's value
         folder = require_dir(path, WHAT)
         config_dict = read_json(folder / 'config.json', WHAT)

@@ -1,8 +1,8 @@
 """The plan as printed by ``mmllava plan`` and as JSON."""
 from __future__ import annotations
 
-from mmllava.plan.data import percentile
 from mmllava.plan.planner import GiB, Plan, recommend
+from mmllava.plan.sequence_lengths import percentile
 
 
 def _gib(n: float) -> str:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 
-from mmllava.builders.folders import dtype_kwargs, iter_weight_shards, read_json, require_dir, weight_shapes
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
 from mmllava.errors import MMLLaVAError, concerning
+from mmllava.formats.strict import check_loading_info, check_weights, expected_shapes
+from mmllava.paths import require_dir
+from mmllava.pretrained.folder_reading import dtype_kwargs, iter_weight_shards, read_json, weight_shapes
 
 WHAT = 'visual_encoder_name_or_path'
 # Where the tower's weights sit in each layout, most specific first ('' = transformers 5's unprefixed save).
@@ -42,8 +46,6 @@ def select_prefixed(found: dict, prefix: str, other_parts=OTHER_PARTS) -> dict:
 
 def vision_config(folder, what: str = WHAT):
     """The ``CLIPVisionConfig`` of a CLIP folder (full, vision-only) or of a LLaVA folder's tower."""
-    from transformers import CLIPVisionConfig
-
     config_dict = read_json(folder / 'config.json', what)
     model_type = config_dict.get('model_type')
     if model_type == 'llava':
@@ -64,10 +66,6 @@ def vision_config(folder, what: str = WHAT):
 def load_vision_encoder(path: str | os.PathLike, torch_dtype=None):
     """The vision tower of the CLIP (or LLaVA) folder ``path`` as ``CLIPVisionModel``; a missing,
     unused or wrong-shaped weight is an ``MMLLaVAError`` (see the module docstring)."""
-    from transformers import CLIPVisionModel
-
-    from mmllava.formats.strict import check_loading_info, check_weights, expected_shapes
-
     with concerning(WHAT, path):  # what fails inside is about this setting's value
         folder = require_dir(path, WHAT)
         config = vision_config(folder)

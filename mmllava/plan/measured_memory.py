@@ -17,6 +17,7 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint as ckpt
 from torch import nn
 
 
@@ -108,8 +109,6 @@ class SavedActivations:
         return sum(t.untyped_storage().nbytes() for t in self.alive())
 
     def __enter__(self):
-        import torch.utils.checkpoint as ckpt
-
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._hooks.__enter__()
         # Non-reentrant activation checkpointing keeps its region's inputs in a closure for the
@@ -129,8 +128,6 @@ class SavedActivations:
         return self
 
     def __exit__(self, *exc):
-        import torch.utils.checkpoint as ckpt
-
         ckpt._checkpoint_without_reentrant_generator = self._generator
         self._hooks.__exit__(*exc)
 

@@ -3,21 +3,15 @@
 Every failure is an :class:`MMLLaVAError` whose one line names the config variable and the path."""
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mmllava.errors import MMLLaVAError, PathNotFoundError
+import torch
+from safetensors import safe_open
 
-
-def require_dir(path: str | os.PathLike | None, what: str) -> Path:
-    """``path`` as a ``Path`` if it is an existing directory; ``what`` names the setting in messages."""
-    if path is None or not Path(path).exists():
-        raise PathNotFoundError(f'{what}: {path} does not exist', setting=what, value=path)
-    if not Path(path).is_dir():
-        raise MMLLaVAError(f'{what}: {path} is not a directory', setting=what, value=path)
-    return Path(path)
+from mmllava.errors import MMLLaVAError
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -32,8 +26,6 @@ def read_json(path: Path, what: str) -> dict:
 
 def dtype_kwargs(torch_dtype) -> dict:
     """``from_pretrained`` keyword for a dtype given as ``None``, ``'auto'``, a name or a ``torch.dtype``."""
-    import torch
-
     if torch_dtype is None:
         return {}
     if isinstance(torch_dtype, str) and torch_dtype != 'auto':
@@ -49,10 +41,6 @@ def attention_kwargs(attn_implementation, dtype_kwarg: dict) -> dict:
     else flash-attention-2 where it can run (a CUDA device, the ``flash_attn`` package, fp16/bf16
     weights), which also gives packed rows (``pack_to_max_length``) its varlen kernels that skip
     the other samples; else nothing, so transformers picks SDPA."""
-    import importlib.util
-
-    import torch
-
     if attn_implementation is not None:
         return {'attn_implementation': attn_implementation}
     if (torch.cuda.is_available() and importlib.util.find_spec('flash_attn') is not None
@@ -80,9 +68,6 @@ def weight_files(folder: Path, what: str) -> list[Path]:
 def iter_weight_shards(folder: Path, what: str, keep: Callable[[str], bool] = lambda key: True) -> Iterator[dict]:
     """The folder's tensors one shard at a time (only keys ``keep`` accepts), so callers can convert
     shard by shard without holding two copies of a model."""
-    import torch
-    from safetensors import safe_open
-
     for path in weight_files(folder, what):
         if path.suffix == '.safetensors':
             with safe_open(str(path), framework='pt') as f:
@@ -96,9 +81,6 @@ def iter_weight_shards(folder: Path, what: str, keep: Callable[[str], bool] = la
 def weight_shapes(folder: Path, what: str) -> dict[str, tuple[int, ...]]:
     """``{key: shape}`` of every tensor in the folder's checkpoint files, read from the safetensors
     headers without loading the data (``.bin`` files are memory-mapped)."""
-    import torch
-    from safetensors import safe_open
-
     out = {}
     for path in weight_files(folder, what):
         if path.suffix == '.safetensors':
