@@ -160,7 +160,7 @@ TRAIN_ONLY_SETTINGS = [
      'taken from the current folder; ' + CHANGE.format(key='evaluation_images') + ')'),
     ("evaluation_images=['images/good.png','nope.png']", 'image file not found: nope.png (looked for {root}/nope.png: '
      'relative paths are taken from the current folder; ' + CHANGE.format(key='evaluation_images') + ')'),
-    ('load_from=old/iter_1.pth', 'old/iter_1.pth: checkpoint not found (looked for {root}/old/iter_1.pth: relative '
+    ('load_from=old/iter_1.pth', 'checkpoint not found: old/iter_1.pth (looked for {root}/old/iter_1.pth: relative '
      'paths are taken from the current folder; ' + CHANGE.format(key='load_from') + ')'),
 ]
 
