@@ -3,7 +3,9 @@
 InternLM2 folders name the remote-code ``InternLM2Tokenizer`` and ship only a sentencepiece
 ``tokenizer.model``. Instead of running their code, the sentencepiece BPE model is rebuilt with
 ``tokenizers`` primitives here (tests pin its ids to the ``sentencepiece`` library's own): the
-transformers converters changed behaviour between releases (see STACK_NOTES) and this does not.
+transformers converters changed behaviour between releases (in 5.23 the conversion needs protobuf and
+falls back to a tiktoken reader without it; a ``LlamaTokenizer(vocab_file=...)`` built directly gave
+empty ids; a folder naming ``LlamaTokenizer`` gave the ids without BOS) and this does not.
 Other folders load with ``AutoTokenizer``.
 """
 from __future__ import annotations
