@@ -2,7 +2,7 @@
 
 An error carries what it is about as attributes, set where that is known: ``setting`` (the
 config variable or argument whose value is wrong, e.g. ``llm_name_or_path``) and ``value`` (that
-value as it was given). The config layer (``mmllava.config.with_config_hint``) compares them with
+value as it was given). The config layer (``mmllava.config_errors.with_config_hint``) compares them with
 the config's variables to say which one to edit; nothing ever reads them back out of a message.
 """
 from __future__ import annotations

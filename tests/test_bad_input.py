@@ -127,7 +127,7 @@ def _arguments(verb: str, case: Case, root: Path) -> list[str]:
 
 
 def _expected(line: str, case: Case, root: Path) -> str:
-    from mmllava.config import find_config
+    from mmllava.config_source import find_config
 
     return line.format(data=case.name, images=root / 'images', cfg=find_config(CONFIG), root=root)
 

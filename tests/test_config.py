@@ -3,7 +3,9 @@ import textwrap
 
 import pytest
 
-from mmllava.config import build, copy_config, find_config, load_config, parse_cfg_options, rewrite_assignments
+from mmllava.config import build, copy_config, load_config, parse_cfg_options
+
+from mmllava.config_source import find_config, rewrite_assignments
 from mmllava.errors import MMLLaVAError
 
 CFG = textwrap.dedent('''\
@@ -124,7 +126,7 @@ def _takes_a_size(size: int):
 def test_a_component_called_with_a_wrong_argument_is_one_line_naming_the_config(tmp_path):
     """The arguments are checked against the component's signature before anything is built: the
     config's own callables, a dotted path, and registry names of the fields mmengine builds."""
-    from mmllava.config import reported_config_errors
+    from mmllava.config_errors import reported_config_errors
 
     path = tmp_path / 'my_config.py'
     path.write_text('from test_config import _takes_a_size\n'
@@ -162,7 +164,7 @@ def test_a_component_called_with_a_wrong_argument_is_one_line_naming_the_config(
 def test_the_hint_comes_from_the_error_attributes_never_from_its_text(tmp_path, monkeypatch):
     import pickle
 
-    from mmllava.config import with_config_hint
+    from mmllava.config_errors import with_config_hint
     from mmllava.errors import PathNotFoundError
 
     monkeypatch.chdir(tmp_path)

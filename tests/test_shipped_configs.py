@@ -3,7 +3,9 @@ dataset on the tiny zoo and takes one optimiser step with a falling loss."""
 import pytest
 import torch
 
-from mmllava.config import build, load_config, shipped_configs
+from mmllava.config import build, load_config
+
+from mmllava.config_source import shipped_configs
 
 USER_VARIABLES = ('llm_name_or_path', 'visual_encoder_name_or_path', 'data_root', 'data_path', 'image_folder',
                   'prompt_template', 'max_length', 'batch_size', 'accumulative_counts', 'dataloader_num_workers',
@@ -68,7 +70,7 @@ def test_a_tiny_config_is_a_short_override_of_a_real_config(name):
     """The tests that run a tiny config run the parts 2-5 of the real config users copy."""
     import ast
 
-    from mmllava.config import config_source
+    from mmllava.config_source import config_source
 
     path = shipped_configs()[name]
     text = path.read_text()

@@ -24,7 +24,7 @@ ANSWER = re.compile(r"^\[[^\]]*\] '.*' -> '.*'$", re.MULTILINE)
 
 def tiny_configs() -> list[str]:
     """Every shipped tiny config, pretrains first."""
-    from mmllava.config import shipped_configs
+    from mmllava.config_source import shipped_configs
 
     names = [name for name in shipped_configs() if '_tiny_' in name]
     return sorted(names, key=lambda name: (not name.endswith('_pretrain'), name))

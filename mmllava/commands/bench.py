@@ -26,7 +26,8 @@ def run(args):
     import json
 
     from mmllava.bench.comparison import benchmark, format_table
-    from mmllava.config import load_config, parse_cfg_options, reported_config_errors
+    from mmllava.config import load_config, parse_cfg_options
+    from mmllava.config_errors import reported_config_errors
     from mmllava.engine.launch import in_process_world
     from mmllava.errors import MMLLaVAError
 

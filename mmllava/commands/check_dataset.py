@@ -18,7 +18,9 @@ def add_arguments(parser):
 def run(args):
     from mmengine.logging import MMLogger
 
-    from mmllava.config import load_config, parse_cfg_options, reported_config_errors
+    from mmllava.config import load_config, parse_cfg_options
+
+    from mmllava.config_errors import reported_config_errors
     from mmllava.data.llava_dataset import read_samples
     from mmllava.datatools.inspect import build_training_dataset, inspect_dataset
 

@@ -8,7 +8,7 @@ def add_arguments(parser):
 def run(args):
     import fnmatch
 
-    from mmllava.config import shipped_configs
+    from mmllava.config_source import shipped_configs
 
     names = sorted(shipped_configs())
     if args.pattern:

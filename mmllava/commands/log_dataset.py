@@ -17,7 +17,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from mmllava.config import load_config, parse_cfg_options, reported_config_errors
+    from mmllava.config import load_config, parse_cfg_options
+    from mmllava.config_errors import reported_config_errors
     from mmllava.datatools.display import VIEWS, render_view
     from mmllava.datatools.inspect import build_training_dataset
 

@@ -31,7 +31,9 @@ def add_arguments(parser):
 def run(args):
     import json
 
-    from mmllava.config import load_config, parse_cfg_options, reported_config_errors
+    from mmllava.config import load_config, parse_cfg_options
+
+    from mmllava.config_errors import reported_config_errors
     from mmllava.plan.planner import make_plan
     from mmllava.plan.printed_plan import plan_json, plan_lines
 

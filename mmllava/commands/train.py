@@ -88,7 +88,9 @@ def run(args):
             print('launching: ' + ' '.join(command), flush=True)
             return subprocess.run(command).returncode
 
-    from mmllava.config import load_config, parse_cfg_options, reported_config_errors
+    from mmllava.config import load_config, parse_cfg_options
+
+    from mmllava.config_errors import reported_config_errors
     from mmllava.engine import console
     from mmllava.engine.runner import build_runner, prepare_config
 

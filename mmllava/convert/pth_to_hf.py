@@ -32,7 +32,8 @@ def export_dtype(cfg, fp32: bool) -> torch.dtype:
 
 def load_trained_model(config: str | os.PathLike, checkpoint: str | os.PathLike, cfg_options: dict | None = None):
     """Build the LLaVA or InternVL model of ``config`` and load ``checkpoint`` into it; returns ``(model, cfg)``."""
-    from mmllava.config import build, load_config, reported_config_errors
+    from mmllava.config import build, load_config
+    from mmllava.config_errors import reported_config_errors
     from mmllava.models import InternVLModel, LLaVAModel
 
     checkpoint = resolve_checkpoint(checkpoint)  # before the slow model build

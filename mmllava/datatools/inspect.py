@@ -39,7 +39,7 @@ def build_training_dataset(cfg, **overrides):
     """The config's ``train_dataloader.dataset`` (an ``LLaVADataset`` or ``InternVLDataset``) built with ``overrides``.
 
     Only the tokenizer and the image processor are loaded, never model weights. The commands call
-    it inside ``mmllava.config.reported_config_errors``, which refuses wrong arguments beforehand.
+    it inside ``mmllava.config_errors.reported_config_errors``, which refuses wrong arguments beforehand.
     """
     dataset_cfg = unpacked_dataset_cfg((cfg.get('train_dataloader') or {}).get('dataset'))
     dataset_type = dataset_cfg.get('type') if isinstance(dataset_cfg, dict) else None

@@ -144,7 +144,7 @@ def prepare_config(cfg, *, work_dir: str, deepspeed: str | None = None, launcher
     pretrained = cfg.model.get('pretrained_pth') if isinstance(cfg.model, dict) else None
     if isinstance(pretrained, str) and not os.path.exists(pretrained):
         # before the dataset and the model are built: a fine-tune run before its pretrain run
-        # stops at once (mmllava.config.with_config_hint names the run that writes it)
+        # stops at once (mmllava.config_errors.with_config_hint names the run that writes it)
         raise PathNotFoundError(f'{pretrained}: checkpoint not found', setting='pretrained_pth', value=pretrained)
     user_cfg, cfg = cfg, copy.deepcopy(cfg)
     # What build_runner writes into the work dir: the config as the user ran it (--cfg-options
