@@ -217,6 +217,26 @@ def test_a_dumped_config_reads_back_with_its_objects_and_dumps_the_same(tmp_path
     assert (tmp_path / 'second.py').read_text() == text
 
 
+def test_configs_written_before_the_pretrained_rename_still_load(tmp_path):
+    """``mmllava.builders`` became ``mmllava.pretrained``: a config a user copied earlier (its imports)
+    and a work-dir config an earlier run dumped (import paths as strings) load the same functions."""
+    from mmllava.pretrained import load_tokenizer
+    from mmllava.pretrained.internvl_folder import load_internvl_image_processor
+
+    path = tmp_path / 'earlier_copy.py'
+    path.write_text(textwrap.dedent("""\
+        from mmllava.builders import load_tokenizer
+        from mmllava.builders.internvl import load_internvl_image_processor
+        tokenizer = dict(type=load_tokenizer, path='tok')
+        image_processor = dict(type=load_internvl_image_processor, path='internvl')
+        dumped = [dict(type='mmllava.builders.load_tokenizer', path='tok'),
+                  dict(type='mmllava.builders.internvl.load_internvl_image_processor', path='internvl')]
+        """))
+    cfg = load_config(path)
+    assert cfg.tokenizer.type is load_tokenizer and cfg.dumped[0].type is load_tokenizer
+    assert cfg.image_processor.type is cfg.dumped[1].type is load_internvl_image_processor
+
+
 def test_registry_names_and_other_strings_stay_strings(tmp_path):
     path = tmp_path / 'c.py'
     path.write_text("optim_wrapper = dict(type='OptimWrapper')\nname = 'torch.float32 is a dtype'\n"
