@@ -133,13 +133,17 @@ BASE_CONFIG = 'base_config'
 SHARED_OVERRIDES = 'shared_overrides'
 
 
+def _items(node: ast.Assign) -> list[ast.expr]:
+    """The value of ``name = x`` as a list: the elements of a list or tuple, else ``[x]``."""
+    return node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) else [node.value]
+
+
 def _string_constant(tree: ast.Module, name: str) -> ast.Assign | None:
     """The top-level ``name = 'text'`` (or ``name = ['text', ...]``) line of ``tree``, if any."""
     node = next(iter(_top_level_assignments(tree).get(name, [])), None)
     if node is None:
         return None
-    items = node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) else [node.value]
-    return node if all(isinstance(i, ast.Constant) and isinstance(i.value, str) for i in items) else None
+    return node if all(isinstance(i, ast.Constant) and isinstance(i.value, str) for i in _items(node)) else None
 
 
 def _base_config(tree: ast.Module) -> ast.Assign | None:
@@ -173,11 +177,11 @@ def _header(source: str) -> str:
     return '\n'.join(lines[:count])
 
 
-def _override_values(path: Path, source: str, tree: ast.Module, base: ConfigSource, base_name: str,
+def _override_values(path: Path, source: str, tree: ast.Module, base_tree: ast.Module, base_name: str,
                      skip: tuple[ast.AST, ...]) -> dict[str, _Value]:
     """The ``NAME = expression`` lines of an override file (``skip``: its own settings lines), checked
-    against the base: each NAME must be a top-level variable of it, imports must be ones it has."""
-    base_tree = ast.parse(base.text)
+    against the base (``base_tree``): each NAME must be a top-level variable of it, imports must be
+    ones it has."""
     base_assigns = _top_level_assignments(base_tree)
     base_imports = {ast.dump(n) for n in base_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
     values: dict[str, _Value] = {}
@@ -219,20 +223,20 @@ def config_source(path: Path, _seen: tuple[Path, ...] = ()) -> ConfigSource:
     if base_path in _seen + (path,):
         raise MMLLaVAError(f'{path}:{base_node.lineno}: {BASE_CONFIG}: {base_path} is based on this config')
     base = config_source(base_path, _seen + (path,))
+    base_tree = ast.parse(base.text)
     shared_node = _string_constant(tree, SHARED_OVERRIDES)
     values: dict[str, _Value] = {}
     shared = []
     if shared_node is not None:
-        items = shared_node.value.elts if isinstance(shared_node.value, (ast.List, ast.Tuple)) else [shared_node.value]
-        for item in items:
+        for item in _items(shared_node):
             shared_path = (path.parent / item.value).resolve()
             if not shared_path.is_file():
                 raise MMLLaVAError(f'{path}:{shared_node.lineno}: {SHARED_OVERRIDES}: no file {shared_path}')
             shared_source = shared_path.read_text(encoding='utf-8')
-            values.update(_override_values(shared_path, shared_source, _parse(shared_source, shared_path), base,
-                                           base_path.stem, ()))
+            values.update(_override_values(shared_path, shared_source, _parse(shared_source, shared_path),
+                                           base_tree, base_path.stem, ()))
             shared.append(item.value)
-    values.update(_override_values(path, source, tree, base, base_path.stem, (base_node, shared_node)))
+    values.update(_override_values(path, source, tree, base_tree, base_path.stem, (base_node, shared_node)))
     flat = _reassign(base, values)
     # the override's header (what this config is) instead of the base's (how to edit the base)
     header = _header(source)
